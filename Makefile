@@ -1,0 +1,64 @@
+# rtchub: `make run` serves, `make test` proves it. Both set everything up first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8080
+# Debian packages the tests drive for real, as binary=package pairs: only the
+# packages whose binary is missing get installed (node may come from elsewhere).
+SYSTEM_DEPS := /usr/bin/chromium=chromium /usr/bin/redis-server=redis-server \
+	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm
+
+.PHONY: run test test-fast bench lint docs system-deps clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@
+
+# The bench's Node load client and reference relay (the test suite smoke-tests them).
+bench/node_modules/.installed: bench/package.json bench/package-lock.json
+	cd bench && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# apt-get only when something is missing and we may (root); otherwise say what is missing.
+system-deps:
+	@missing=""; for pair in $(SYSTEM_DEPS); do bin=$${pair%%=*}; pkg=$${pair#*=}; \
+	  command -v $$(basename $$bin) >/dev/null 2>&1 || [ -x $$bin ] || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+
+run: $(VENV)/.installed
+	$(BIN)/rtchub serve --host $(HOST) --port $(PORT)
+
+test: system-deps $(VENV)/.installed-test bench/node_modules/.installed
+	$(BIN)/ruff check rtchub tests
+	$(BIN)/python -m pytest -q -rfE
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -m "not e2e" -x
+
+bench: system-deps $(VENV)/.installed-test bench/node_modules/.installed
+	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn); \
+	$(BIN)/rtchub bench --all --write docs/benchmarks.md --json bench/results/latest.json
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check rtchub tests
+
+# Regenerate the README's configuration table from rtchub/settings.py.
+docs: $(VENV)/.installed
+	$(BIN)/python tools/readme_table.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache artifacts

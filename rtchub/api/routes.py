@@ -1,0 +1,223 @@
+"""The server API handlers (``/api/...``), ``/openapi.json`` and ``/admin``.
+
+Access: every ``/api`` call needs ``X-API-Key`` equal to ``--api-key``
+(compared in constant time). With no key configured the API does not exist:
+every ``/api`` path answers 404, so a forgotten flag never leaves an open
+door. ``/openapi.json`` and the ``/admin`` page itself are public; they hold
+no data, and the page asks for the key before it can show anything.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from rtchub import __version__
+from rtchub.api.models import (
+    ID_REGEX,
+    DisconnectRequest,
+    DisconnectResult,
+    ErrorBody,
+    ErrorDetail,
+    MemberInfo,
+    PublishRequest,
+    PublishResult,
+    RoomInfo,
+    RoomList,
+    RoomMembers,
+    RoomsQuery,
+    RoomSummary,
+    Stats,
+)
+from rtchub.api.openapi import Operation, build_openapi
+
+if TYPE_CHECKING:
+    from rtchub.app import RtcHub
+    from rtchub.core.room import Member, Room
+
+_valid_id = re.compile(ID_REGEX).match
+
+
+def _template(path: str) -> re.Pattern[str]:
+    """``/api/rooms/{roomId}`` -> a regex matching concrete paths of that route."""
+    return re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)))
+
+
+def _error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+           ) -> web.Response:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))  # type: ignore[arg-type]
+    return web.Response(status=status, body=body.model_dump_json(by_alias=True, exclude_none=True),
+                        content_type="application/json")
+
+
+def _invalid(exc: ValidationError, where: str) -> web.Response:
+    details = [{"loc": [where, *e["loc"]], "msg": e["msg"], "type": e["type"]}
+               for e in exc.errors(include_url=False, include_context=False, include_input=False)]
+    return _error(400, "invalid-request", f"invalid {where}", details)
+
+
+class ServerApi:
+    """Handlers bound to one server; :meth:`register` adds them to its router."""
+
+    def __init__(self, app: RtcHub) -> None:
+        self.app = app
+        self.hub = app.hub
+        self.key = app.settings.api_key.encode()
+        self.ops = [
+            Operation("GET", "/api/stats", "getStats", "Server statistics", self.stats,
+                      {200: (Stats, "counters and gauges of this node")}),
+            Operation("GET", "/api/rooms", "listRooms", "List rooms", self.rooms,
+                      {200: (RoomList, "rooms on this node")}, query=RoomsQuery),
+            Operation("GET", "/api/rooms/{roomId}", "getRoom", "Room info with its members",
+                      self.room, {200: (RoomInfo, "the room")}, path_params=["roomId"]),
+            Operation("GET", "/api/rooms/{roomId}/members", "getRoomMembers",
+                      "Members of a room with display names", self.members,
+                      {200: (RoomMembers, "the room's members")}, path_params=["roomId"]),
+            Operation("POST", "/api/publish", "publish", "Publish a message to a room or one member",
+                      self.publish, {200: (PublishResult, "handed to this many sessions")},
+                      body=PublishRequest,
+                      description="Members receive `{type, roomId, data, server: true}` (no "
+                                  "`from`: it comes from the server, not a member). A room "
+                                  "nobody is in gets nothing: `delivered: 0`."),
+            Operation("POST", "/api/disconnect", "disconnectUser", "Disconnect a user",
+                      self.disconnect, {200: (DisconnectResult, "sessions ended")},
+                      body=DisconnectRequest,
+                      description="Ends the user's sessions now (no grace period). Their "
+                                  "rooms' members get `user-left` with `reason` (default "
+                                  "`kicked`); the transport closes with 4003 for `kicked`, "
+                                  "1008 otherwise."),
+        ]
+        self.openapi = orjson.dumps(build_openapi(self.ops))
+
+    # ---------------------------------------------------------------- wiring
+    def register(self, router: web.UrlDispatcher) -> None:
+        for op in self.ops:
+            router.add_route(op.method, op.path, self._wrap(op))
+        router.add_route("*", "/api", self._unknown)
+        router.add_route("*", "/api/{tail:.*}", self._unknown)
+        router.add_get("/openapi.json", self._openapi)
+
+    def _check_key(self, request: web.Request) -> web.Response | None:
+        if not self.key:
+            return _error(404, "api-disabled", "the server API is off (start with --api-key)")
+        given = request.headers.get("X-API-Key", "").encode()
+        if not hmac.compare_digest(given, self.key):
+            return _error(401, "unauthorized", "missing or wrong X-API-Key")
+        return None
+
+    def _wrap(self, op: Operation) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            refused = self._check_key(request)
+            if refused is not None:
+                return refused
+            kwargs: dict[str, Any] = {}
+            for name in op.path_params:
+                value = request.match_info[name]
+                if not _valid_id(value):
+                    return _error(400, "invalid-request", f"{name} is not a valid id")
+                kwargs[name] = value
+            if op.query is not None:
+                try:
+                    kwargs["query"] = op.query.model_validate(dict(request.query))
+                except ValidationError as exc:
+                    return _invalid(exc, "query")
+            if op.body is not None:
+                raw = await request.read()
+                try:
+                    kwargs["body"] = op.body.model_validate_json(raw)
+                except ValidationError as exc:
+                    return _invalid(exc, "body")
+            result = op.handler(**kwargs)
+            if isinstance(result, web.Response):
+                return result
+            assert isinstance(result, BaseModel)
+            return web.Response(body=result.model_dump_json(by_alias=True),
+                                content_type="application/json")
+
+        handler.__name__ = op.op_id
+        return handler
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        refused = self._check_key(request)
+        if refused is not None:
+            return refused
+        allowed = sorted({op.method for op in self.ops if _template(op.path).fullmatch(request.path)})
+        if allowed:
+            # RFC 9110 section 15.5.6: the resource exists, the method does not; say which do.
+            allowed += ["HEAD"] if "GET" in allowed else []
+            resp = _error(405, "method-not-allowed", f"{request.method} is not allowed here")
+            resp.headers["Allow"] = ", ".join(allowed)
+            return resp
+        return _error(404, "not-found", f"no API at {request.path}")
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.openapi, content_type="application/json")
+
+    # -------------------------------------------------------------- helpers
+    def _member(self, mb: Member) -> MemberInfo:
+        s = mb.session
+        sink = s.sink
+        return MemberInfo(user_id=mb.user_id, display_name=mb.display_name, session_id=s.id,
+                          transport=sink.transport_name if sink is not None else None,
+                          connected=sink is not None, node=s.node,
+                          local=s.node in (None, self.hub.node_id))
+
+    def _age(self, room: Room) -> float:
+        return max(0.0, round(self.hub.clock() - room.created_at, 3))
+
+    # ------------------------------------------------------------- handlers
+    def stats(self) -> Stats:
+        app = self.app
+        metrics = getattr(app, "metrics", None)
+        hub = self.hub
+        conns = metrics.connections() if metrics is not None else {}
+        webhooks = getattr(app, "webhooks", None)
+        return Stats(
+            node=hub.node_id, version=__version__,
+            uptime_seconds=max(0.0, time.time() - metrics.started) if metrics else 0.0,
+            sessions=len(hub.sessions), sessions_detached=len(hub.sessions) - sum(conns.values()),
+            connections=conns, rooms=len(hub.rooms),
+            members=sum(len(r.members) for r in hub.rooms.values()),
+            messages_received=sum(metrics.received.values()) if metrics else 0,
+            messages_sent=sum(metrics.sent().values()) if metrics else 0,
+            errors=sum(metrics.errors.values()) if metrics else 0,
+            webhook_queue=webhooks.queued() if webhooks else 0,
+            webhook_failures=webhooks.stats["failures"] if webhooks else 0,
+        )
+
+    def rooms(self, query: RoomsQuery) -> RoomList:
+        hub = self.hub
+        page = itertools.islice(hub.rooms.values(), query.offset, query.offset + query.limit)
+        out = [RoomSummary(room_id=r.id, member_count=len(r.members), age_seconds=self._age(r),
+                           members=[self._member(mb) for mb in r.members.values()]
+                           if query.members else None)
+               for r in page]
+        return RoomList(rooms=out, total=len(hub.rooms))
+
+    def room(self, roomId: str) -> RoomInfo | web.Response:  # noqa: N803 - the path's name
+        room = self.hub.rooms.get(roomId)
+        if room is None:
+            return _error(404, "not-found", f"no room {roomId!r}")
+        return RoomInfo(room_id=room.id, member_count=len(room.members), age_seconds=self._age(room),
+                        members=[self._member(mb) for mb in room.members.values()])
+
+    def members(self, roomId: str) -> RoomMembers | web.Response:  # noqa: N803
+        room = self.hub.rooms.get(roomId)
+        if room is None:
+            return _error(404, "not-found", f"no room {roomId!r}")
+        return RoomMembers(room_id=room.id, members=[self._member(mb) for mb in room.members.values()])
+
+    def publish(self, body: PublishRequest) -> PublishResult:
+        msg = {"type": body.type, "roomId": body.room_id, "data": body.data, "server": True}
+        return PublishResult(delivered=self.hub.publish(body.room_id, msg, body.to))
+
+    def disconnect(self, body: DisconnectRequest) -> DisconnectResult:
+        n = self.hub.disconnect_user(body.user_id, body.reason, body.room_id)
+        return DisconnectResult(disconnected=n)

@@ -1,0 +1,222 @@
+"""Wiring: one port, one process, every part of rtchub put together.
+
+``create_app(settings)`` returns an :class:`RtcHub`; ``await app.start()``
+listens, ``await app.stop()`` closes every client with 1001 and returns.
+Tests and embedders start it in-process exactly as ``rtchub serve`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from multidict import CIMultiDict
+from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
+
+from rtchub import api, ice
+from rtchub.auth.gate import Admission, Gatekeeper
+from rtchub.broker.cluster import attach_cluster
+from rtchub.core.hub import Hub
+from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
+from rtchub.settings import Settings
+from rtchub.timers import Periodic
+from rtchub.transports import http_common as http_transports
+from rtchub.transports.liveness import Liveness
+from rtchub.transports.mux import WS_PATHS, PortMux, RequestHead, picows_protocol_factory
+from rtchub.transports.ws import PicowsEndpoint
+from rtchub.transports.ws_aiohttp import AiohttpEndpoint
+
+log = logging.getLogger("rtchub")
+WEB_ROOT = Path(__file__).parent / "web"
+#: Where route handlers find the server: ``request.app[APP_KEY]``.
+APP_KEY: web.AppKey[RtcHub] = web.AppKey("rtchub")
+
+
+class RtcHub:
+    """A running (or ready to run) rtchub server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hub = Hub(settings, node_id=settings.node_id)
+        self.liveness = Liveness(settings.heartbeat, settings.heartbeat_timeout)
+        self.gatekeeper = Gatekeeper(settings)
+        self.http = web.Application(client_max_size=settings.max_body_size)
+        self.http[APP_KEY] = self
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        #: Grace-period expiry: one sweep over the sessions, about once a second.
+        self._ticker = Periodic(min(1.0, max(0.05, settings.grace_period / 10 or 1.0)),
+                                self.hub.tick, "hub-tick")
+        #: Background parts (STUN, broker, webhooks...) started and stopped with the server.
+        self.services: list[Any] = []
+        self.ready_checks: list[Any] = []
+        # Tokens on the hub, room grants, token expiry (rtchub.auth.gate).
+        self.gatekeeper.install(self)
+        #: The built-in STUN server (None with --stun-port 0); its .stats are counters.
+        self.stun = ice.stun_service(settings)
+        if self.stun is not None:
+            self.services.append(self.stun)
+        #: Cluster glue when --broker names a shared broker (None for memory): rtchub.broker.
+        self.cluster = attach_cluster(self)
+        self.port = settings.port
+        self._setup_routes()
+
+    # ------------------------------------------------------------------ routes
+    def _setup_routes(self) -> None:
+        r = self.http.router
+        r.add_get("/healthz", self._healthz)
+        r.add_get("/readyz", self._readyz)
+        ice.register(self)
+        # /metrics, /api + /openapi.json, /admin, webhooks, join hook (rtchub.api.setup).
+        api.setup(self)
+        for path in ("/ws", "/signaling"):
+            r.add_get(path, self._aiohttp_ws)
+        # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_common).
+        http_transports.register(self)
+        if (WEB_ROOT / "index.html").exists():
+            r.add_get("/", self._index)
+        if WEB_ROOT.exists():
+            r.add_static("/", WEB_ROOT, show_index=False, append_version=False)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        problems = [name for name, check in self.ready_checks if not check()]
+        if problems:
+            return web.json_response({"status": "not-ready", "failing": problems}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def _index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_ROOT / "index.html")
+
+    # -------------------------------------------------------------- WebSocket
+    def admit(self, headers: Any, query: dict[str, str], peer: str, *,
+              first_message_auth: bool = False) -> Admission:
+        """Origin, per-IP rate and token check of every transport (rtchub.auth.gate).
+
+        Only WebSocket passes ``first_message_auth``: it alone may bring its
+        token in an ``auth`` message; elsewhere a missing token is a 401.
+        """
+        return self.gatekeeper.check(headers=headers, query=query, peer=peer,
+                                     first_message_auth=first_message_auth)
+
+    def _picows_listener(self, request: WSUpgradeRequest, peer: str) -> Any:
+        target = request.path.decode("latin-1")
+        path, _, qs = target.partition("?")
+        if path.encode() not in WS_PATHS:
+            return None
+        headers = request.headers
+        verdict = self.admit(headers, dict(parse_qsl(qs)), peer, first_message_auth=True)
+        if not verdict.ok:
+            return WSUpgradeResponseWithListener(
+                WSUpgradeResponse.create_error_response(
+                    verdict.status, verdict.reason.encode(), CIMultiDict(verdict.headers())),
+                None)
+        offered = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        chosen = choose_subprotocol(offered)
+        if offered and chosen is None:
+            # RFC 6455 section 4.2.2: the server may refuse a subprotocol list it
+            # does not speak. We answer without one; clients fall back to JSON.
+            pass
+        endpoint = PicowsEndpoint(
+            self.hub, self.liveness, SUBPROTOCOLS.get(chosen or "", JSON), peer,
+            claims=verdict.claims, user_id=verdict.user_id, display_name=verdict.display_name)
+        extra = CIMultiDict()
+        if chosen:
+            extra["Sec-WebSocket-Protocol"] = chosen
+        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), endpoint)
+
+    async def _aiohttp_ws(self, request: web.Request) -> web.StreamResponse:
+        verdict = self.admit(request.headers, dict(request.query), request.remote or "",
+                             first_message_auth=True)
+        if not verdict.ok:
+            return verdict.http_response()
+        ws = web.WebSocketResponse(
+            protocols=tuple(SUBPROTOCOLS), compress=self.settings.compression,
+            max_msg_size=self.settings.max_message_size, autoping=False, heartbeat=None)
+        await ws.prepare(request)
+        endpoint = AiohttpEndpoint(
+            self.hub, self.liveness, SUBPROTOCOLS.get(ws.ws_protocol or "", JSON),
+            request.remote or "", ws, claims=verdict.claims, user_id=verdict.user_id,
+            display_name=verdict.display_name)
+        await endpoint.run()
+        return ws
+
+    def _route(self, head: RequestHead) -> str:
+        if head.upgrade and head.path in WS_PATHS and not (self.settings.compression and head.deflate):
+            return "ws"
+        return "http"
+
+    # -------------------------------------------------------------- lifecycle
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if not s.certfile:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(s.certfile, s.keyfile or None)
+        return ctx
+
+    async def start(self) -> None:
+        s = self.settings
+        logging.getLogger("picows").setLevel(logging.WARNING)
+        self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        http_factory = self._runner.server
+        assert http_factory is not None
+        ws_factory = picows_protocol_factory(self._picows_listener, max_frame_size=s.max_message_size)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: PortMux(self._route, ws_factory, http_factory,
+                            admit=self.gatekeeper.limits.admit_connection),
+            host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True, backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.liveness.start()
+        self._ticker.start()
+        for service in self.services:
+            await service.start()
+        log.info("rtchub listening on %s://%s:%d (node %s)",
+                 "https" if s.certfile else "http", s.host, self.port, self.hub.node_id)
+
+    async def stop(self) -> None:
+        """Graceful shutdown: 1001 to every client, then close within ``shutdown_timeout``."""
+        self.hub.shutdown()
+        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout
+        while self.liveness.endpoints and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:  # pragma: no cover
+                log.exception("stopping %r failed", service)
+        await self._ticker.stop()
+        await self.liveness.stop()
+        if self._server is not None:
+            self._server.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.settings.certfile else "http"
+        return f"{scheme}://{self.settings.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        scheme = "wss" if self.settings.certfile else "ws"
+        return f"{scheme}://{self.settings.host}:{self.port}/ws"
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> RtcHub:
+    """Build a server. ``overrides`` replace fields of ``settings`` (or the defaults)."""
+    import dataclasses
+
+    base = settings or Settings()
+    if overrides:
+        base = dataclasses.replace(base, **overrides)
+    return RtcHub(base)

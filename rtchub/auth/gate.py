@@ -1,0 +1,304 @@
+"""Who may open a session: the handshake check shared by every transport.
+
+Each transport (WebSocket on either stack, SSE, polling) and ``/ice-servers``
+asks the same :class:`Gatekeeper` before it creates a session, so a rule
+added here holds everywhere at once. In order, cheapest first:
+
+1. Origin (cross-site WebSocket hijacking: a browser sends the page's
+   Origin with every WebSocket handshake and CORS request, RFC 6455 section
+   10.2, RFC 6454) -> 403 before any upgrade;
+2. the per-IP session handshake rate (:mod:`rtchub.auth.limits`) -> 429;
+3. the token (``?token=`` or ``Authorization: Bearer``, RFC 6750 section
+   2.1 and 2.3) when ``--auth jwt`` -> 401 when missing or refused. Only a
+   WebSocket may come without one and send an ``auth`` message first,
+   within ``auth_timeout`` seconds, else it is closed with 4001.
+
+After the handshake the Gatekeeper also owns what the token grants: the
+``rooms`` claim (a join gate, ``forbidden`` elsewhere), ``sub`` as the fixed
+userId, ``name`` as displayName, and the token's expiry (``token-expiring``,
+then 4001 unless a fresh ``auth`` arrived).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from rtchub.auth.limits import Limits
+from rtchub.core.hub import HubObserver
+from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from rtchub.settings import Settings
+from rtchub.timers import Periodic
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from rtchub.core.hub import Hub, JoinRequest
+    from rtchub.core.session import Session
+
+log = logging.getLogger("rtchub.auth")
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+#: Tell a session this many seconds before its token expires (at most half
+#: the token's remaining lifetime), so the client can fetch and send a new one.
+WARN_BEFORE = 60.0
+#: Request headers a cross-origin page may send to the HTTP transports.
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+
+
+class Admission:
+    """The verdict on a handshake: ``status`` 0 admits, else the HTTP status to answer."""
+
+    __slots__ = ("status", "reason", "claims", "user_id", "display_name")
+
+    def __init__(self, status: int = 0, reason: str = "", claims: dict[str, Any] | None = None,
+                 user_id: str | None = None, display_name: str | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.claims = claims
+        self.user_id = user_id
+        self.display_name = display_name
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+    def headers(self) -> dict[str, str]:
+        """Headers that go with a refusal (RFC 6750 section 3; RFC 6585 section 4)."""
+        if self.status == 401:
+            return {"WWW-Authenticate": 'Bearer realm="rtchub", error="invalid_token"'}
+        if self.status == 429:
+            return {"Retry-After": "1"}
+        return {}
+
+    def error_code(self) -> str:
+        return {401: ErrorCode.UNAUTHORIZED, 429: ErrorCode.RATE_LIMITED}.get(
+            self.status, ErrorCode.FORBIDDEN)
+
+    def http_response(self) -> web.Response:
+        """The refusal as an aiohttp response with a PROTOCOL.md ``error`` body."""
+        from aiohttp import web
+
+        return web.json_response(
+            {"type": "error", "code": self.error_code(), "message": self.reason},
+            status=self.status, headers=self.headers())
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (RFC 6750 section 2.1)."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+class Gatekeeper:
+    def __init__(self, settings: Settings, limits: Limits | None = None) -> None:
+        self.settings = settings
+        self.allowed = {o.rstrip("/").lower() for o in settings.allowed_origin}
+        self.limits = limits if limits is not None else Limits(settings)
+        self.verifier = None
+        if settings.auth == "jwt":
+            from rtchub.auth.tokens import TokenVerifier
+
+            self.verifier = TokenVerifier(settings)
+        elif settings.auth != "none":
+            raise ValueError(f"--auth must be none or jwt, not {settings.auth!r}")
+        self.expiry: TokenClock | None = None
+
+    # ------------------------------------------------------------ handshake
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """Cross-site WebSocket hijacking defence: browsers always send Origin.
+
+        Non-browser clients send none and are judged by their token alone.
+        Default: the page's own host; plus loopback pages in ``--auth none``.
+        """
+        if not origin:
+            return True
+        origin = origin.rstrip("/").lower()
+        if "*" in self.allowed or origin in self.allowed:
+            return True
+        parts = urlsplit(origin)
+        if host and parts.netloc == host.lower():
+            return True
+        if self.settings.auth == "none" and not self.allowed:
+            return (parts.hostname or "") in LOOPBACK_HOSTS
+        return False
+
+    def check(self, *, headers: Mapping[str, str], query: Mapping[str, str], peer: str,
+              first_message_auth: bool = False) -> Admission:
+        """Decide a handshake. ``first_message_auth``: the transport can carry an
+        ``auth`` message (WebSocket), so a missing token is not yet a refusal."""
+        if not self.origin_allowed(headers.get("Origin"), headers.get("Host")):
+            return Admission(403, "origin not allowed")
+        if not self.limits.admit_session(peer):
+            return Admission(429, "too many handshakes from this address")
+        verifier = self.verifier
+        if verifier is None:
+            return Admission()
+        token = query.get("token") or bearer_token(headers.get("Authorization"))
+        if not token:
+            if first_message_auth:
+                return Admission()
+            return Admission(401, "token required")
+        from rtchub.auth.tokens import TokenError
+
+        try:
+            claims = verifier.verify(token)
+        except TokenError as exc:
+            return Admission(401, str(exc))
+        return Admission(claims=claims, user_id=claims["sub"], display_name=claims.get("name"))
+
+    def check_request(self, request: web.Request) -> Admission:
+        """:meth:`check` for a plain aiohttp route (``/ice-servers``, SSE, polling):
+        a token is required there whenever auth is on."""
+        return self.check(headers=request.headers, query=request.query,
+                          peer=request.remote or "")
+
+    def cors_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """CORS answer headers for an admitted request (Fetch standard, CORS protocol).
+
+        Only an Origin this gatekeeper accepts is echoed; tokens travel in the
+        query or the Authorization header, never cookies, so no credentials flag.
+        """
+        origin = headers.get("Origin")
+        if not origin or not self.origin_allowed(origin, headers.get("Host")):
+            return {}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Max-Age": "600"}
+
+    # ------------------------------------------------------------ sessions
+    def install(self, app: Any) -> None:
+        """Wire the gatekeeper into a :class:`rtchub.app.RtcHub`: the ``auth``
+        message, room grants, token expiry. Nothing to do in open mode."""
+        if self.verifier is None:
+            return
+        hub: Hub = app.hub
+        hub.authenticate = self.authenticate
+        hub.join_gates.insert(0, room_grant_gate)
+        self.expiry = TokenClock(hub, self.settings)
+        hub.observers.append(self.expiry)
+        app.services.append(self.expiry)
+
+    def authenticate(self, session: Session, token: str) -> None:
+        """The ``auth`` message: first authentication, or a fresh token for a live session."""
+        from rtchub.auth.tokens import TokenError
+
+        assert self.verifier is not None
+        try:
+            claims = self.verifier.verify(token)
+        except TokenError as exc:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from exc
+        sub = claims["sub"]
+        if session.user_fixed and session.user_id != sub:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "token is for another user than this session")
+        session.user_id = sub
+        session.user_fixed = True
+        if claims.get("name") and session.display_name is None:
+            session.display_name = claims["name"]
+        session.claims = claims
+        if self.expiry is not None:
+            self.expiry.schedule(session)
+
+
+def room_grant_gate(session: Session, req: JoinRequest, complete: Callable[..., None]) -> None:
+    """Join gate: the token's ``rooms`` claim (names or fnmatch patterns) must match."""
+    from rtchub.auth.tokens import room_patterns
+
+    claims = session.claims
+    patterns = room_patterns(claims) if claims is not None else None
+    if patterns is None or any(fnmatchcase(req.room_id, p) for p in patterns):
+        complete(True)
+        return
+    complete(False, ProtocolError(ErrorCode.FORBIDDEN,
+                                  f"the token does not grant room {req.room_id!r}", req.msg_id))
+
+
+class TokenClock(HubObserver):
+    """Deadlines of sessions: the ``auth`` timeout, the token warning and expiry.
+
+    One heap and one timer for the whole server rather than a timer per
+    session. Entries are checked lazily: a deadline only acts when the
+    session still holds the very claims it was scheduled for (a fresh
+    ``auth`` replaces them, which cancels the old deadlines for free).
+    """
+
+    def __init__(self, hub: Hub, settings: Settings, step: float = 0.1) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.step = step
+        self.heap: list[tuple[float, int, str, Session, Any]] = []
+        self._n = itertools.count()
+        self._timer = Periodic(step, self.run_due, "token-expiry")
+
+    # -- HubObserver -------------------------------------------------------------
+    def session_opened(self, session: Session) -> None:
+        if session.claims is None:
+            self._push(self.hub.clock() + self.settings.auth_timeout, "auth", session, None)
+        else:
+            self.schedule(session)
+
+    def session_resumed(self, session: Session, replayed: int) -> None:
+        self.schedule(session)
+
+    # -- scheduling -------------------------------------------------------------
+    def schedule(self, session: Session) -> None:
+        claims = session.claims
+        if not claims or "exp" not in claims:
+            return
+        left = float(claims["exp"]) - time.time()
+        now = self.hub.clock()
+        self._push(now + left - min(WARN_BEFORE, max(0.0, left) / 2), "warn", session, claims)
+        self._push(now + left, "expire", session, claims)
+
+    def _push(self, at: float, kind: str, session: Session, claims: Any) -> None:
+        heapq.heappush(self.heap, (at, next(self._n), kind, session, claims))
+
+    def run_due(self) -> None:
+        now = self.hub.clock()
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            _, _, kind, session, claims = heapq.heappop(heap)
+            if session.ended or session.claims is not claims:
+                continue
+            try:
+                self._act(kind, session, claims)
+            except Exception:  # pragma: no cover - never kill the timer
+                log.exception("auth deadline %s failed", kind)
+
+    def _act(self, kind: str, session: Session, claims: Any) -> None:
+        hub = self.hub
+        if kind == "auth":
+            if session.sink is not None:
+                hub.error(session, ProtocolError(
+                    ErrorCode.UNAUTHORIZED,
+                    f"no valid auth message within {self.settings.auth_timeout:g} s"))
+                hub.close(session, CloseCode.UNAUTHORIZED, "authentication timeout")
+            # Never authenticated, so in no room: nothing to keep for a resume.
+            hub.end(session, "disconnected")
+        elif kind == "warn":
+            exp = float(claims["exp"])
+            hub.send_msg(session, {"type": "token-expiring", "expiresAt": exp,
+                                   "expiresIn": max(0.0, round(exp - time.time(), 3))})
+        elif kind == "expire" and session.sink is not None:
+            hub.error(session, ProtocolError(ErrorCode.UNAUTHORIZED, "token expired"))
+            # Unclean for the hub: the session keeps its grace period, so a
+            # client back with a fresh token resumes without peers noticing.
+            hub.close(session, CloseCode.UNAUTHORIZED, "token expired")
+
+    # -- service -------------------------------------------------------------------
+    async def start(self) -> None:
+        self._timer.start()
+
+    async def stop(self) -> None:
+        await self._timer.stop()

@@ -1,0 +1,1 @@
+"""``rtchub bench``: load generator and reference-server comparison (issue 10)."""

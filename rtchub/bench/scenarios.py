@@ -1,0 +1,165 @@
+"""The scenarios of issue 10, each run against rtchub and the two reference relays.
+
+Sizes (full / ``--quick``):
+
+- ``relay``: 400 connections, 200 rooms of two, each keeps ``window``
+  350-byte ``candidate`` messages in flight to its peer (closed loop);
+- ``relay-rate``: the same rooms at a fixed 5,000 msgs/s, for latency;
+- ``join-storm``: 6,000 / 2,000 connections joining rooms of 4, at most 200
+  handshakes in flight; time to ``room-info`` counts from the TCP connect;
+- ``idle``: 10,000 / 2,000 joined idle connections, server RSS growth per
+  connection, compression off and on;
+- ``fanout``: one room of 200, ``message`` broadcast by 4 senders;
+- ``cross-node``: ``relay`` across two rtchub nodes sharing Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rtchub.bench import runner
+from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary
+
+log = logging.getLogger("rtchub.bench")
+
+SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node")
+
+
+@dataclass
+class Plan:
+    quick: bool
+    servers: tuple[str, ...]
+
+    def t(self, full: float, quick: float) -> float:
+        return quick if self.quick else full
+
+
+def relay_config(plan: Plan) -> dict[str, Any]:
+    return {"mode": "relay", "connections": 400, "roomSize": 2, "msgSize": 350, "window": 8,
+            "warmup": plan.t(3, 0.5), "duration": plan.t(5, 2)}
+
+
+def scenario_configs(plan: Plan) -> dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]]:
+    """scenario -> [(variant label, client config, server options)]."""
+    return {
+        "relay": [("", relay_config(plan), {})],
+        "relay-rate": [("", {"mode": "relay-rate", "connections": 400, "roomSize": 2, "msgSize": 350,
+                             "rate": 5000, "warmup": plan.t(1.5, 0.5), "duration": plan.t(5, 2)}, {})],
+        "join-storm": [("", {"mode": "join-storm", "connections": int(plan.t(6000, 2000)),
+                             "roomSize": 4, "concurrency": 200}, {})],
+        "idle": [("compression off", {"mode": "idle", "connections": int(plan.t(10000, 2000)),
+                                      "roomSize": 4, "concurrency": 200}, {}),
+                 ("compression on", {"mode": "idle", "connections": int(plan.t(10000, 2000)),
+                                     "roomSize": 4, "concurrency": 200, "deflate": True},
+                  {"compression": True})],
+        "fanout": [("", {"mode": "fanout", "connections": 200, "roomSize": 200, "msgSize": 350,
+                         "senders": 4, "window": 8, "warmup": plan.t(1.5, 0.5),
+                         "duration": plan.t(5, 2)}, {})],
+    }
+
+
+def _client_note(result: dict[str, Any]) -> str:
+    cpu = result.get("clientCpu")
+    return "(client-bound)" if cpu is not None and cpu >= CLIENT_BOUND else ""
+
+
+def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
+                rows: dict[tuple[str, str], Metric]) -> dict[str, Any]:
+    """Turn one client run into table rows; return the raw numbers for the JSON file."""
+    r = run.result
+    lat = latency_summary(r)
+    raw: dict[str, Any] = {k: v for k, v in r.items() if k != "histogram"}
+    raw.update(lat)
+
+    def put(name: str, unit: str, higher: bool, value: float | None, note: str = "") -> None:
+        key = (scenario + (f" ({variant})" if variant else ""), name)
+        metric = rows.setdefault(key, Metric(key[0], name, unit, higher))
+        metric.values[server] = value
+        if note:
+            metric.notes[server] = note
+        raw[name] = value
+
+    if scenario in ("relay", "cross-node", "fanout"):
+        rate = r.get("msgsPerSec") if scenario != "fanout" else r.get("deliveriesPerSec")
+        delivered = r.get("delivered") or 0
+        name = "deliveries/s" if scenario == "fanout" else "delivered msgs/s"
+        put(name, "", True, rate, _client_note(r))
+        cpu_us = (run.server_cpu / delivered * 1e6) if run.server_cpu is not None and delivered else None
+        put("server CPU per msg", "µs", False, cpu_us)
+        put("p50 latency", "ms", False, lat["p50_ms"])
+        put("p99 latency", "ms", False, lat["p99_ms"])
+        put("client CPU", "% of a core", False, (r.get("clientCpu") or 0) * 100)
+    elif scenario == "relay-rate":
+        put("delivered msgs/s", "", True, r.get("msgsPerSec"))
+        put("p50 latency", "ms", False, lat["p50_ms"])
+        put("p99 latency", "ms", False, lat["p99_ms"])
+        put("max latency", "ms", False, lat["max_ms"])
+        cpu_us = (run.server_cpu / r["delivered"] * 1e6) if run.server_cpu and r.get("delivered") else None
+        put("server CPU per msg", "µs", False, cpu_us)
+    elif scenario == "join-storm":
+        put("joins/s", "", True, r.get("joinsPerSec"), _client_note(r))
+        put("p99 time to room-info", "ms", False, lat["p99_ms"])
+        put("client CPU", "% of a core", False, (r.get("clientCpu") or 0) * 100)
+    elif scenario == "idle":
+        n = r.get("connections") or 0
+        per = None
+        if run.rss_after is not None and run.rss_before is not None and n:
+            per = (run.rss_after - run.rss_before) / n / 1024
+        put("server RSS per connection", "KB", False, per)
+        put("connections alive", "", True, r.get("alive"))
+    raw["server_cpu_s"] = run.server_cpu
+    raw["rss_before"] = run.rss_before
+    raw["rss_after"] = run.rss_after
+    return raw
+
+
+def broker_available() -> str | None:
+    """Why cross-node cannot run, or None when ``--broker redis://`` is implemented."""
+    import importlib.util
+
+    if importlib.util.find_spec("rtchub.broker.redis") is None:
+        return "rtchub has no Redis broker yet (rtchub/broker/redis.py is missing)"
+    return None
+
+
+def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dict[str, Any]:
+    """Run ``scenarios``; return ``{"rows": [Metric], "raw": {...}, "skipped": {...}}``."""
+    rows: dict[tuple[str, str], Metric] = {}
+    raw: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    configs = scenario_configs(plan)
+    for scenario in scenarios:
+        if scenario == "cross-node":
+            why = broker_available()
+            if why:
+                skipped[scenario] = why
+                say(f"cross-node: not run: {why}")
+                continue
+            try:
+                with runner.serving("rtchub-cluster") as server:
+                    run = runner.run_client(server, relay_config(plan))
+                raw[scenario] = {"rtchub": metrics_for(scenario, "", "rtchub", run, rows)}
+            except runner.BenchError as exc:
+                skipped[scenario] = f"failed: {str(exc).splitlines()[0]}"
+                say(f"cross-node: {skipped[scenario]}")
+            continue
+        for variant, cfg, server_opts in configs[scenario]:
+            label = scenario + (f" ({variant})" if variant else "")
+            for server_kind in plan.servers:
+                say(f"{label}: {server_kind} ...")
+                try:
+                    with runner.serving(server_kind, **server_opts) as server:
+                        run = runner.run_client(server, cfg)
+                except runner.BenchError as exc:
+                    say(f"{label}: {server_kind} failed: {exc}")
+                    raw.setdefault(label, {})[server_kind] = {"error": str(exc)[:2000]}
+                    continue
+                raw.setdefault(label, {})[server_kind] = metrics_for(scenario, variant, server_kind, run,
+                                                                     rows)
+                if run.result.get("errors"):
+                    say(f"  {server_kind}: {run.result['errors']} error messages, last "
+                        f"{run.result.get('lastError')}")
+    return {"rows": list(rows.values()), "raw": raw, "skipped": skipped}

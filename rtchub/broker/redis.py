@@ -1,0 +1,405 @@
+"""The Redis engine (``--broker redis://host:port/db``), on ``redis.asyncio``.
+
+Two connections: one for commands (pipelined: a cluster flush is one round
+trip) and one for the node's own pub/sub channel. Every read-check-write is a
+Lua script, so two nodes racing for the same seat or session cannot both win.
+Scripts touch keys they compute from their arguments, which standalone Redis
+and Sentinel allow and Redis Cluster does not (docs/scaling.md).
+
+Losing Redis is not fatal: commands raise :class:`BrokerDown`, the listener
+keeps retrying its subscription every 250 ms, and :meth:`heartbeat` tells the
+cluster when Redis lost its data (restart without persistence) so that the
+node republishes what it holds. :meth:`heartbeat` also asks Redis whether
+this node is really still subscribed (``PUBSUB NUMSUB``): a listener that
+believes it is subscribed while Redis does not know it is the silent stall
+this check exists to catch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from rtchub.broker.base import Broker, BrokerDown, Claim, Op, SessionState
+
+log = logging.getLogger("rtchub.broker")
+
+PREFIX = "rtchub:"
+
+_CLAIM = """
+local p = ARGV[1]
+local rk = p .. 'r:' .. ARGV[2]
+local cur = redis.call('HGET', rk, ARGV[3])
+local prev = ''
+if cur then
+  local e = cjson.decode(cur)
+  if e.s ~= ARGV[4] then
+    if e.c == 1 and redis.call('EXISTS', p .. 'node:' .. e.n) == 1 then
+      return {'taken'}
+    end
+    prev = cur
+  end
+elseif redis.call('HLEN', rk) >= tonumber(ARGV[7]) then
+  return {'full'}
+end
+local v = redis.call('INCR', p .. 'jv')
+redis.call('HSET', rk, ARGV[3], cjson.encode({s=ARGV[4], n=ARGV[5], d=ARGV[6], c=1, v=v}))
+redis.call('PEXPIRE', rk, ARGV[8])
+return {'ok', v, prev, redis.call('HGETALL', rk)}
+"""
+
+_UNCLAIM = """
+local rk = ARGV[1] .. 'r:' .. ARGV[2]
+local cur = redis.call('HGET', rk, ARGV[3])
+if not cur or cjson.decode(cur).s ~= ARGV[4] then return 0 end
+if ARGV[5] ~= '' then redis.call('HSET', rk, ARGV[3], ARGV[5]) else redis.call('HDEL', rk, ARGV[3]) end
+return 1
+"""
+
+_RELEASE = """
+local rk = ARGV[1] .. 'r:' .. ARGV[2]
+local cur = redis.call('HGET', rk, ARGV[3])
+if cur and cjson.decode(cur).s == ARGV[4] then redis.call('HDEL', rk, ARGV[3]) return 1 end
+return 0
+"""
+
+_CONN = """
+local rk = ARGV[1] .. 'r:' .. ARGV[2]
+local cur = redis.call('HGET', rk, ARGV[3])
+if not cur then return 0 end
+local e = cjson.decode(cur)
+if e.s ~= ARGV[4] then return 0 end
+e.c = tonumber(ARGV[5])
+redis.call('HSET', rk, ARGV[3], cjson.encode(e))
+return 1
+"""
+
+_MOVE = """
+local rk = ARGV[1] .. 'r:' .. ARGV[2]
+local cur = redis.call('HGET', rk, ARGV[3])
+if not cur then return false end
+local e = cjson.decode(cur)
+if e.s ~= ARGV[4] then return false end
+e.n = ARGV[5]
+e.c = 1
+redis.call('HSET', rk, ARGV[3], cjson.encode(e))
+redis.call('PEXPIRE', rk, ARGV[6])
+return {e.v, redis.call('HGETALL', rk)}
+"""
+
+# Publish to a node; when nobody listens (the node died or is reconnecting),
+# reroute each delivery to its session's current node, or park it in the
+# session's inbox. One script, so a node subscribing concurrently either gets
+# the message or finds it in the inbox it drains after subscribing.
+_FORWARD = """
+local p = ARGV[1]
+local n = redis.call('PUBLISH', p .. 'n:' .. ARGV[2], ARGV[3])
+if n > 0 then return n end
+for _, op in ipairs(cmsgpack.unpack(ARGV[3])) do
+  if op[1] == 'd' then
+    for i = 6, #op do
+      local sid = op[i]
+      local owner = redis.call('HGET', p .. 's:' .. sid, 'node')
+      local sent = 0
+      if owner and owner ~= ARGV[2] then
+        sent = redis.call('PUBLISH', p .. 'n:' .. owner,
+                          cmsgpack.pack({{'d', op[2], op[3], op[4], op[5], sid}}))
+      end
+      if sent == 0 then
+        local ik = p .. 'i:' .. sid
+        redis.call('RPUSH', ik, cmsgpack.pack({op[2], op[3], op[4], op[5]}))
+        redis.call('PEXPIRE', ik, ARGV[4])
+      end
+    end
+  end
+end
+return 0
+"""
+
+_TAKE = """
+local p = ARGV[1]
+local sk = p .. 's:' .. ARGV[2]
+if redis.call('EXISTS', sk) == 0 then return false end
+redis.call('HSET', sk, 'node', ARGV[3])
+local ik = p .. 'i:' .. ARGV[2]
+local inbox = redis.call('LRANGE', ik, 0, -1)
+redis.call('DEL', ik)
+return {redis.call('HGETALL', sk), redis.call('LRANGE', p .. 'b:' .. ARGV[2], 0, -1), inbox}
+"""
+
+_DRAIN = """
+local ik = ARGV[1] .. 'i:' .. ARGV[2]
+local inbox = redis.call('LRANGE', ik, 0, -1)
+redis.call('DEL', ik)
+return inbox
+"""
+
+_VERSION = """
+local k = ARGV[1] .. 'jv'
+if tonumber(redis.call('GET', k) or '0') < tonumber(ARGV[2]) then redis.call('SET', k, ARGV[2]) end
+return 1
+"""
+
+SCRIPTS = {"claim": _CLAIM, "unclaim": _UNCLAIM, "release": _RELEASE, "conn": _CONN,
+           "move": _MOVE, "forward": _FORWARD, "take": _TAKE, "drain": _DRAIN,
+           "version": _VERSION}
+
+
+def _pairs(flat: list[bytes]) -> dict[str, bytes]:
+    return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _members(flat: list[bytes]) -> dict[str, dict[str, Any]]:
+    return {k: orjson.loads(v) for k, v in _pairs(flat).items()}
+
+
+class RedisBroker(Broker):
+    def __init__(self, url: str, prefix: str = PREFIX) -> None:
+        super().__init__()
+        self.url = url
+        self.p = prefix
+        kw: dict[str, Any] = {"socket_connect_timeout": 1.0, "retry": Retry(NoBackoff(), 0)}
+        # Commands fail fast (the cluster retries on its own schedule); the
+        # subscriber waits for messages, so it has no read timeout.
+        # A bounded pool that waits for a free connection: a join storm runs
+        # hundreds of claims at once, and redis-py's default pool raises "Too
+        # many connections" past its limit instead of queueing them.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=5.0, socket_timeout=3.0, **kw)
+        self.r = aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
+        self.sub = aioredis.Redis.from_url(url, **kw)
+        self.sha: dict[str, str] = {}
+        self._subscribed = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+
+    @property
+    def channel(self) -> str:
+        return f"{self.p}n:{self.node_id}"
+
+    # -------------------------------------------------------------- lifecycle
+    async def start(self, node_id: str, on_message: Callable[[bytes], None]) -> None:
+        self.node_id = node_id
+        self.on_message = on_message
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listener
+        with contextlib.suppress(Exception):
+            await self.r.delete(f"{self.p}node:{self.node_id}")
+        for client in (self.r, self.sub):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        self.connected = False
+
+    async def _listen(self) -> None:
+        while True:
+            ps = self.sub.pubsub()
+            try:
+                await ps.subscribe(self.channel)
+                self._subscribed.set()
+                while True:
+                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None and msg.get("type") == "message":
+                        try:
+                            self.on_message(msg["data"])
+                        except Exception:  # pragma: no cover - a bug must not stop routing
+                            log.exception("handling a broker message failed")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("subscriber lost Redis: %r", exc)
+            finally:
+                self._subscribed.clear()
+                self.connected = False
+                with contextlib.suppress(Exception):
+                    await ps.aclose()
+            await asyncio.sleep(0.25)
+
+    def _restart_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+        self._subscribed.clear()
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def subscribed(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _load_scripts(self) -> None:
+        for name, src in SCRIPTS.items():
+            self.sha[name] = await self.r.script_load(src)
+
+    async def heartbeat(self, ttl: float) -> bool:
+        try:
+            if not self.sha:
+                await self._load_scripts()
+            async with self.r.pipeline(transaction=False) as p:
+                p.set(f"{self.p}node:{self.node_id}", "1", px=max(1, int(ttl * 1000)), get=True)
+                p.pubsub_numsub(self.channel)
+                p.script_exists(self.sha["forward"])
+                old, numsub, exists = await p.execute()
+        except (RedisError, OSError) as exc:
+            self.connected = False
+            self.sha.clear()
+            raise BrokerDown(str(exc)) from exc
+        if not exists[0]:
+            await self._load_scripts()
+        if not numsub or int(numsub[0][1]) == 0:
+            # Redis does not know our subscription, whatever the listener thinks.
+            self.connected = False
+            if self._subscribed.is_set():
+                self._restart_listener()
+            raise BrokerDown("node channel not subscribed")
+        self.connected = True
+        return old is not None
+
+    async def _eval(self, name: str, *args: Any) -> Any:
+        try:
+            try:
+                return await self.r.evalsha(self.sha[name], 0, self.p, *args)
+            except (NoScriptError, KeyError):
+                await self._load_scripts()
+                return await self.r.evalsha(self.sha[name], 0, self.p, *args)
+        except (RedisError, OSError) as exc:
+            raise BrokerDown(str(exc)) from exc
+
+    # ------------------------------------------------------------- operations
+    async def alive(self, nodes: set[str]) -> set[str]:
+        if not nodes:
+            return set()
+        order = sorted(nodes)
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                for n in order:
+                    p.exists(f"{self.p}node:{n}")
+                found = await p.execute()
+        except (RedisError, OSError) as exc:
+            raise BrokerDown(str(exc)) from exc
+        return {n for n, hit in zip(order, found, strict=True) if hit}
+
+    async def run(self, ops: list[Op]) -> None:
+        if not ops:
+            return
+        if not self.sha:
+            raise BrokerDown("scripts not loaded")
+        pfx = self.p
+        sha = self.sha
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                for op in ops:
+                    kind = op[0]
+                    if kind == "send":
+                        p.evalsha(sha["forward"], 0, pfx, op[1], op[2], op[3] if len(op) > 3 else 60000)
+                    elif kind == "mirror":
+                        _, sid, entries, seq, max_entries, ttl = op
+                        bk, sk = f"{pfx}b:{sid}", f"{pfx}s:{sid}"
+                        p.rpush(bk, *entries)
+                        p.ltrim(bk, -max_entries, -1)
+                        p.hset(sk, "seq", seq)
+                        p.pexpire(bk, ttl)
+                        p.pexpire(sk, ttl)
+                    elif kind == "meta":
+                        sk = f"{pfx}s:{op[1]}"
+                        p.hset(sk, mapping=op[2])
+                        p.pexpire(sk, op[3])
+                    elif kind == "drop":
+                        p.delete(f"{pfx}s:{op[1]}", f"{pfx}b:{op[1]}", f"{pfx}i:{op[1]}")
+                    elif kind == "release":
+                        p.evalsha(sha["release"], 0, pfx, op[1], op[2], op[3])
+                    elif kind == "conn":
+                        p.evalsha(sha["conn"], 0, pfx, op[1], op[2], op[3], 1 if op[4] else 0)
+                    elif kind == "member":
+                        rk = f"{pfx}r:{op[1]}"
+                        p.hset(rk, op[2], orjson.dumps(op[3]))
+                        p.pexpire(rk, op[4])
+                    elif kind == "buffer":
+                        bk = f"{pfx}b:{op[1]}"
+                        p.delete(bk)
+                        if op[2]:
+                            p.rpush(bk, *op[2])
+                            p.pexpire(bk, op[3])
+                    elif kind == "touch":
+                        _, sids, rooms, ttl = op
+                        for sid in sids:
+                            p.pexpire(f"{pfx}s:{sid}", ttl)
+                            p.pexpire(f"{pfx}b:{sid}", ttl)
+                        for room in rooms:
+                            p.pexpire(f"{pfx}r:{room}", ttl)
+                    elif kind == "version":
+                        p.evalsha(sha["version"], 0, pfx, op[1])
+                results = await p.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            self.connected = False
+            raise BrokerDown(str(exc)) from exc
+        for res in results:
+            if isinstance(res, NoScriptError):
+                self.sha.clear()  # reloaded by the next heartbeat
+                raise BrokerDown("scripts were flushed")
+            if isinstance(res, Exception):
+                log.warning("broker op failed: %r", res)
+
+    async def request(self, node: str, payload: bytes) -> int:
+        try:
+            return int(await self.r.publish(f"{self.p}n:{node}", payload))
+        except (RedisError, OSError) as exc:
+            raise BrokerDown(str(exc)) from exc
+
+    async def claim(self, room: str, uid: str, sid: str, name: str,
+                    max_members: int, ttl_ms: int) -> Claim:
+        res = await self._eval("claim", room, uid, sid, self.node_id, name, max_members, ttl_ms)
+        status = res[0].decode()
+        if status != "ok":
+            return Claim(status)
+        return Claim("ok", int(res[1]), orjson.loads(res[2]) if res[2] else None, _members(res[3]))
+
+    async def unclaim(self, room: str, uid: str, sid: str,
+                      replaced: dict[str, Any] | None) -> None:
+        await self._eval("unclaim", room, uid, sid, orjson.dumps(replaced) if replaced else "")
+
+    async def move(self, room: str, uid: str, sid: str, ttl_ms: int
+                   ) -> tuple[int, dict[str, dict[str, Any]]] | None:
+        res = await self._eval("move", room, uid, sid, self.node_id, ttl_ms)
+        if not res:
+            return None
+        return int(res[0]), _members(res[1])
+
+    async def owner(self, sid: str) -> str | None:
+        try:
+            raw = await self.r.hget(f"{self.p}s:{sid}", "node")
+        except (RedisError, OSError) as exc:
+            raise BrokerDown(str(exc)) from exc
+        return raw.decode() if raw else None
+
+    async def take(self, sid: str) -> SessionState | None:
+        res = await self._eval("take", sid, self.node_id)
+        if not res:
+            return None
+        meta = {k: v.decode() for k, v in _pairs(res[0]).items()}
+        return SessionState(meta, list(res[1]), list(res[2]))
+
+    async def drain(self, sids: list[str]) -> dict[str, list[bytes]]:
+        if not sids:
+            return {}
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                for sid in sids:
+                    p.evalsha(self.sha["drain"], 0, self.p, sid)
+                found = await p.execute()
+        except (RedisError, OSError, KeyError) as exc:
+            raise BrokerDown(str(exc)) from exc
+        return {sid: list(box) for sid, box in zip(sids, found, strict=True) if box}

@@ -1,0 +1,130 @@
+"""The ``rtchub`` command: ``serve`` (and, as the project grows, ``token``, ``bench``).
+
+Flags are generated from :class:`rtchub.settings.Settings`, so a new setting
+is a CLI flag and an ``RTCHUB_<NAME>`` environment variable the day it is added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rtchub import __version__
+from rtchub.logs import setup_logging
+from rtchub.settings import Settings, field_type, fields, from_env, parse_value
+
+log = logging.getLogger("rtchub")
+
+#: Extra subcommands: name -> (help, add_arguments(parser), run(args) -> exit code).
+#: Modules register here instead of growing this file.
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
+                             Callable[[argparse.Namespace], int]]] = {}
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in fields():
+        kind = field_type(f)
+        flag = "--" + f.name.replace("_", "-")
+        env = "RTCHUB_" + f.name.upper()
+        help_text = f"{f.metadata.get('help', '')} [env {env}]"
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        elif kind == list[str]:
+            parser.add_argument(flag, dest=f.name, action="append", default=None,
+                                help=help_text + " (repeatable)")
+        else:
+            parser.add_argument(flag, dest=f.name, type=lambda raw, k=kind: parse_value(k, raw),
+                                default=None, help=help_text)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Defaults < environment < command line."""
+    overrides = {f.name: getattr(args, f.name) for f in fields()
+                 if getattr(args, f.name, None) is not None}
+    return from_env(**overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtchub", description="real-time communication server")
+    parser.add_argument("--version", action="version", version=f"rtchub {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    add_settings_arguments(serve)
+    for name, (help_text, add_args, _) in SUBCOMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text))
+    return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    from rtchub.app import create_app
+
+    app = create_app(settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if settings.auth == "none" and not _is_loopback(settings.host):
+        log.warning("auth is 'none' and the server listens on %s: anyone who can reach it may "
+                    "join any room. Use --auth jwt for anything but development.", settings.host)
+    await app.start()
+    print(f"rtchub {__version__} serving on {app.url} (WebSocket {app.ws_url})", flush=True)
+    await stop.wait()
+    log.info("shutting down: closing clients with 1001")
+    await app.stop()
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _load_subcommands()
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        settings = settings_from_args(args)
+        setup_logging(settings.log_level, settings.log_format)
+        _install_uvloop()
+        asyncio.run(serve(settings))
+        return 0
+    return SUBCOMMANDS[args.command][2](args)
+
+
+def _load_subcommands() -> None:
+    """Import the modules that register subcommands (kept optional and lazy)."""
+    import importlib
+
+    for module in ("rtchub.auth.tokens", "rtchub.bench.cli"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not exc.name.startswith("rtchub"):
+                raise
+
+
+def _settings_dict(settings: Settings) -> dict[str, Any]:
+    return dataclasses.asdict(settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

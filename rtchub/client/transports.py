@@ -1,0 +1,129 @@
+"""Client transports: how the SDK's messages travel (WebSocket, SSE, long-polling).
+
+Each transport turns the connection into an async iterator of decoded
+server messages plus ``send(msg)``; the :class:`~rtchub.client.Client` on top
+is the same whatever carries it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import msgpack
+import orjson
+
+
+class TransportClosed(Exception):
+    pass
+
+
+class Transport:
+    name = "?"
+    close_code: int | None = None
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def messages(self) -> AsyncIterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+def base_url(url: str) -> str:
+    """``ws://h:p/ws`` or ``http://h:p`` -> ``http://h:p`` (scheme mapped, path dropped)."""
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
+def ws_url(url: str, token: str | None = None) -> str:
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    query = parts.query
+    if token:
+        query = (query + "&" if query else "") + urlencode({"token": token})
+    return urlunsplit((scheme, parts.netloc, path, query, ""))
+
+
+class WebSocketTransport(Transport):
+    name = "websocket"
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, codec: str) -> None:
+        self.ws = ws
+        self.codec = codec
+
+    @classmethod
+    async def open(cls, http: aiohttp.ClientSession, url: str, *, codec: str = "json",
+                   token: str | None = None) -> WebSocketTransport:
+        proto = "rtchub.v1.msgpack" if codec == "msgpack" else "rtchub.v1.json"
+        ws = await http.ws_connect(ws_url(url, token), protocols=(proto,), autoping=True,
+                                   max_msg_size=0, heartbeat=None)
+        return cls(ws, codec)
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        if self.codec == "msgpack":
+            await self.ws.send_bytes(msgpack.packb(msg))
+        else:
+            await self.ws.send_str(orjson.dumps(msg).decode())
+
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send a frame as is (tests: malformed input)."""
+        if isinstance(data, bytes):
+            await self.ws.send_bytes(data)
+        else:
+            await self.ws.send_str(data)
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+        async for frame in self.ws:
+            if frame.type == aiohttp.WSMsgType.TEXT:
+                yield orjson.loads(frame.data)
+            elif frame.type == aiohttp.WSMsgType.BINARY:
+                yield msgpack.unpackb(frame.data, raw=False) if self.codec == "msgpack" \
+                    else orjson.loads(frame.data)
+            elif frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                                aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                break
+        self.close_code = self.ws.close_code
+
+    async def close(self) -> None:
+        await self.ws.close(code=1000)
+        self.close_code = 1000
+
+    def abort(self) -> None:
+        # No close frame: to the server this looks like a network failure.
+        conn = self.ws._response.connection  # noqa: SLF001
+        if conn is not None and conn.transport is not None:
+            conn.transport.abort()
+        else:  # pragma: no cover
+            self.ws._response.close()  # noqa: SLF001
+
+
+Opener = Callable[..., Awaitable[Transport]]
+#: name -> opener(http, url, codec=..., token=...). SSE and polling register here.
+TRANSPORTS: dict[str, Opener] = {"websocket": WebSocketTransport.open}
+AUTO_ORDER = ("websocket", "sse", "polling")
+
+
+async def make_transport(kind: str, http: aiohttp.ClientSession, url: str, *,
+                         codec: str = "json", token: str | None = None) -> Transport:
+    if kind != "auto":
+        return await TRANSPORTS[kind](http, url, codec=codec, token=token)
+    last: Exception | None = None
+    for name in AUTO_ORDER:
+        opener = TRANSPORTS.get(name)
+        if opener is None:
+            continue
+        try:
+            return await opener(http, url, codec=codec, token=token)
+        except Exception as exc:  # try the next, more conservative transport
+            last = exc
+    raise ConnectionError(f"no transport could connect: {last}")

@@ -1,0 +1,41 @@
+"""Rooms and their members."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rtchub.core.session import Session
+
+
+class Member:
+    __slots__ = ("user_id", "display_name", "session")
+
+    def __init__(self, user_id: str, display_name: str, session: Session) -> None:
+        self.user_id = user_id
+        self.display_name = display_name
+        self.session = session
+
+    def describe(self) -> dict[str, Any]:
+        return {"userId": self.user_id, "displayName": self.display_name}
+
+
+class Room:
+    """A named set of members; exists while it has at least one."""
+
+    __slots__ = ("id", "members", "created_at")
+
+    def __init__(self, room_id: str, now: float) -> None:
+        self.id = room_id
+        self.members: dict[str, Member] = {}
+        self.created_at = now
+
+    def info(self, joiner: str) -> dict[str, Any]:
+        """``room-info`` for ``joiner``: who is already there, the joiner excluded."""
+        others = [mb for uid, mb in self.members.items() if uid != joiner]
+        return {
+            "type": "room-info",
+            "roomId": self.id,
+            "users": [mb.user_id for mb in others],
+            "members": [mb.describe() for mb in others],
+        }

@@ -1,0 +1,45 @@
+"""Python SDK side of ``GET /ice-servers``."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+
+def http_base(url: str) -> str:
+    """``ws://h:p/ws`` or ``http://h:p/anything`` -> ``http://h:p`` (the server's HTTP root)."""
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
+async def fetch_ice_servers(base_url: str, token: str | None = None, user_id: str | None = None,
+                            session: aiohttp.ClientSession | None = None,
+                            timeout: float = 10.0) -> dict[str, Any]:
+    """Fetch ``{"iceServers": [...], "ttl": s}`` from an rtchub server.
+
+    ``base_url`` may be the server's HTTP URL or its WebSocket URL. The token
+    goes both as ``?token=`` (what every rtchub endpoint reads) and as a
+    Bearer header. Refresh before ``ttl`` runs out: TURN credentials expire.
+    Raises :class:`aiohttp.ClientResponseError` on a non-2xx answer.
+    """
+    params: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    if token:
+        params["token"] = token
+        headers["Authorization"] = f"Bearer {token}"
+    if user_id:
+        params["userId"] = user_id
+    own = session is None
+    http = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+    try:
+        async with http.get(http_base(base_url) + "/ice-servers", params=params,
+                            headers=headers) as response:
+            response.raise_for_status()
+            result: dict[str, Any] = await response.json()
+            return result
+    finally:
+        if own:
+            await http.close()

@@ -1,0 +1,6 @@
+// rtchub browser SDK: `import { RtcHub, Call, RtcHubError } from '/sdk/rtchub.js'`.
+// Plain ES modules, no build step. Reference: docs/sdk-browser.md.
+export { RtcHub, RtcHubError } from './hub.js';
+export { Call } from './call.js';
+export { Emitter } from './emitter.js';
+export { SERVER_TYPES } from './transports.js';

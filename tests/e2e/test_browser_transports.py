@@ -1,0 +1,153 @@
+"""The browser SDK on every transport (issue 4), in Chromium.
+
+WebSocket is blocked for a page with Playwright's WebSocket routing (the
+handshake is refused, as a proxy that does not pass upgrades would); the SDK
+must fall back to SSE on its own and a whole video call must work over it.
+Blocking ``/sse`` as well must land it on long-polling, with the same result.
+The same app code runs in every case: only the network changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
+
+WS = re.compile(r"/(ws|signaling)(\?|$)")
+
+
+async def block_websocket(page: Any) -> list[str]:
+    refused: list[str] = []
+
+    async def refuse(ws: Any) -> None:
+        refused.append(ws.url)
+        await ws.close(code=1011, reason="blocked by the test")
+
+    await page.route_web_socket(WS, refuse)
+    return refused
+
+
+async def block_sse(page: Any) -> list[str]:
+    blocked: list[str] = []
+
+    async def abort(route: Any) -> None:
+        blocked.append(route.request.url)
+        await route.abort("connectionrefused")
+
+    await page.route(re.compile(r"/sse(\?|$)"), abort)
+    return blocked
+
+
+def session_transports(app: Any) -> dict[str, str]:
+    """userId -> transport name of its session, as the server sees it."""
+    out = {}
+    for s in app.hub.sessions.values():
+        if s.user_id is not None and s.sink is not None:
+            out[s.user_id] = s.sink.transport_name
+    return out
+
+
+async def call_over(make_e2e_server: Any, open_page: Any, *, block_sse_too: bool) -> tuple[Any, Any, Any]:
+    app = await make_e2e_server()
+    a = await open_page(app.url + "/t/a", name="a")
+    b = await open_page(app.url + "/t/b", name="b")
+    refused = [await block_websocket(p) for p in (a, b)]
+    sse_blocked = [await block_sse(p) for p in (a, b)] if block_sse_too else [[], []]
+    # Chromium logs the refused handshakes and requests: expected here.
+    open_page.allow_network_errors = True
+    want = "polling" if block_sse_too else "sse"
+    for page in (a, b):
+        info = await page.evaluate("() => T.connect({transport: 'auto'})")
+        assert info["transport"] == want
+    await asyncio.gather(
+        a.evaluate("T.startCall({room: 'fallback', user: 'fa'})"),
+        b.evaluate("T.startCall({room: 'fallback', user: 'fb'})"))
+    for page in (a, b):
+        await open_page.media_flowing(page, 1)
+    assert all(refused), "the SDK never tried WebSocket first"
+    if block_sse_too:
+        assert all(sse_blocked), "the SDK never tried SSE before polling"
+    assert session_transports(app) == {"fa": want, "fb": want}
+    # Chat over the server and the data channel on this transport too.
+    await a.evaluate(
+        "T.hub.send({type: 'message', roomId: 'fallback', data: {text: 'hello ' + T.hub.transport}})")
+    await b.wait_for_function("(t) => T.messages.some((m) => m.data.text === 'hello ' + t)", arg=want)
+    await b.evaluate("T.call.sendChat('dc over ' + T.hub.transport)")
+    await a.wait_for_function("(t) => T.chats.some((c) => c.text === 'dc over ' + t)", arg=want)
+    states = await a.evaluate("T.states.map((s) => s.state)")
+    assert states[-1] == "connected" and "reconnecting" in states
+    return app, a, b
+
+
+async def test_falls_back_to_sse_when_websocket_is_blocked(make_e2e_server: Any, open_page: Any) -> None:
+    await call_over(make_e2e_server, open_page, block_sse_too=False)
+    open_page.check()
+
+
+async def test_falls_back_to_long_polling_when_sse_is_blocked_too(make_e2e_server: Any,
+                                                                   open_page: Any) -> None:
+    app, a, b = await call_over(make_e2e_server, open_page, block_sse_too=True)
+    # Leaving over polling is immediate (POST /close), not a grace-period timeout.
+    await a.evaluate("T.call.hangup(); T.hub.close()")
+    await b.wait_for_function("T.userLeft.some((m) => m.userId === 'fa' && m.reason === 'left')")
+    open_page.check()
+
+
+async def test_explicit_transports_and_msgpack_in_one_room(make_e2e_server: Any, open_page: Any) -> None:
+    """WebSocket+MessagePack, SSE and polling pages chat in one room."""
+    app = await make_e2e_server()
+    kinds = [("mp", {"transport": "websocket", "codec": "msgpack"}),
+             ("se", {"transport": "sse"}), ("po", {"transport": "polling"})]
+    pages = []
+    for user, opts in kinds:
+        page = await open_page(f"{app.url}/t/{user}", name=user)
+        info = await page.evaluate("(o) => T.connect(o)", opts)
+        assert info["transport"] == opts["transport"]
+        await page.evaluate("(u) => T.hub.join('mixed', {userId: u})", user)
+        pages.append(page)
+    assert await pages[0].evaluate("T.hub._t.ws.protocol") == "rtchub.v1.msgpack"
+    assert session_transports(app) == {"mp": "websocket", "se": "sse", "po": "polling"}
+    for page, (user, _) in zip(pages, kinds, strict=True):
+        ack = await page.evaluate(
+            "(u) => T.hub.send({type: 'message', roomId: 'mixed', data: {text: 'from ' + u, n: 1}})", user)
+        assert ack["type"] == "ack"
+    for page, (user, _) in zip(pages, kinds, strict=True):
+        others = sorted(f"from {u}" for u, _ in kinds if u != user)
+        await page.wait_for_function("T.messages.length >= 2")
+        got = sorted(m["data"]["text"] for m in await page.evaluate("T.messages"))
+        assert got == others
+    open_page.check()
+
+
+async def test_probes_back_up_to_websocket(make_e2e_server: Any, open_page: Any) -> None:
+    """Once WebSocket gets through again, the SDK moves the session back onto it."""
+    app = await make_e2e_server()
+    page = await open_page(app.url + "/t/p", name="p")
+    other = await open_page(app.url + "/t/q", name="q")
+    blocked = {"on": True}
+
+    async def gate(ws: Any) -> None:
+        if blocked["on"]:
+            await ws.close(code=1011, reason="blocked by the test")
+        else:
+            ws.connect_to_server()
+
+    await page.route_web_socket(WS, gate)
+    open_page.allow_network_errors = True
+    info = await page.evaluate("() => T.connect({probeIntervalMs: 1000})")
+    assert info["transport"] == "sse"
+    await page.evaluate("T.hub.join('probe', {userId: 'prober'})")
+    await other.evaluate("T.connect({}).then(() => T.hub.join('probe', {userId: 'other'}))")
+    blocked["on"] = False
+    await page.wait_for_function("T.hub.transport === 'websocket' && T.hub.state === 'resumed'",
+                                 timeout=15_000)
+    assert session_transports(app)["prober"] == "websocket"
+    # Same session, same room, nobody saw a leave; messages flow both ways.
+    assert await other.evaluate("T.userLeft.length") == 0
+    await other.evaluate("T.hub.send({type: 'message', roomId: 'probe', data: {text: 'to ws'}})")
+    await page.wait_for_function("T.messages.some((m) => m.data.text === 'to ws')")
+    open_page.check()

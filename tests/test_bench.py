@@ -1,0 +1,90 @@
+"""The bench harness stays runnable: its pure parts, and a tiny smoke run.
+
+No timing is asserted (performance numbers belong to ``make bench``); this
+only proves that the percentile math, the tables, the target verdicts and
+the client/server plumbing work, so the benchmark cannot rot unnoticed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rtchub.bench import runner
+from rtchub.bench.cli import evaluate, report_markdown
+from rtchub.bench.scenarios import metrics_for
+from rtchub.bench.stats import Metric, fmt_num, latency_summary, markdown_table, percentile, text_table
+
+
+def test_percentile_nearest_rank() -> None:
+    hist = [[10, 50], [20, 40], [30, 9], [1000, 1]]
+    assert percentile(hist, 50) == 10
+    assert percentile(hist, 51) == 20
+    assert percentile(hist, 90) == 20
+    assert percentile(hist, 99) == 30
+    assert percentile(hist, 100) == 1000
+    assert percentile(hist, 0) == 10
+    assert percentile([], 99) is None
+    # Unsorted input and zero counts are tolerated.
+    assert percentile([[5, 0], [3, 1], [1, 1]], 100) == 3
+
+
+def test_latency_summary_in_ms() -> None:
+    s = latency_summary({"histogram": [[100, 98], [900, 1], [2500, 1]], "latencyMaxUs": 2512.5})
+    assert s == {"p50_ms": 0.1, "p90_ms": 0.1, "p99_ms": 0.9, "max_ms": 2.5125}
+    assert latency_summary({})["p99_ms"] is None
+
+
+def test_number_formatting() -> None:
+    assert fmt_num(123456.7) == "123,457"
+    assert fmt_num(12.34) == "12.3"
+    assert fmt_num(0.25) == "0.25"
+    assert fmt_num(None) == "—"
+
+
+def _rows() -> list[Metric]:
+    rows: dict = {}
+    cases = {"rtchub": (120000.0, 1.0), "node-ws": (100000.0, 1.2), "py-websockets": (40000.0, 1.0)}
+    for server, (rate, cpu_s) in cases.items():
+        run = runner.ClientRun(result={"msgsPerSec": rate, "delivered": rate * 5, "clientCpu": 0.95,
+                                       "histogram": [[200, 10]], "latencyMaxUs": 300},
+                               server_cpu=cpu_s)
+        metrics_for("relay", "", server, run, rows)
+    run = runner.ClientRun(result={"connections": 1000, "alive": 1000}, rss_before=50 << 20,
+                           rss_after=(50 << 20) + 1000 * 10 * 1024)
+    metrics_for("idle", "compression off", "rtchub", run, rows)
+    return list(rows.values())
+
+
+def test_tables_and_targets() -> None:
+    rows = _rows()
+    md = markdown_table(rows)
+    assert "| relay | delivered msgs/s | 120,000 (client-bound) | 100,000 (client-bound) |" in md
+    assert "1.20×" in md
+    assert "relay" in text_table(rows)
+    verdicts = evaluate(rows, quick=True, skipped={"cross-node": "no broker"})
+    targets = {t.name.split(" (")[0]: t for t in verdicts}
+    assert targets["relay throughput"].met is True
+    # 1.0 s / 600,000 msgs vs 1.2 s / 500,000: rtchub is cheaper per message.
+    assert targets["relay CPU per message"].met is True
+    assert targets["idle memory, compression off"].met is True
+    assert targets["idle memory, compression off"].value.startswith("10.0 KB")
+    assert targets["p99 at 5,000 msgs/s"].met is None
+    assert targets["cross-node over Redis"].verdict == "not measured"
+    meta = {"date": "today", "quick": True, "command": "rtchub bench --quick",
+            "machine": runner.machine(), "versions": {"rtchub": "0"}}
+    text = report_markdown(meta, rows, list(targets.values()), {"cross-node": "no broker"},
+                           ["rtchub", "node-ws", "py-websockets"])
+    assert "## Targets (issue 10)" in text and "not run: no broker" in text
+
+
+@pytest.mark.parametrize("kind", ["rtchub", "node-ws", "py-websockets"])
+def test_smoke_relay_handful_of_connections(kind: str) -> None:
+    """Four connections, half a second: every server relays, nothing errors."""
+    runner.raise_nofile(4096)
+    with runner.serving(kind) as server:
+        run = runner.run_client(server, {"mode": "relay", "connections": 4, "roomSize": 2,
+                                         "window": 2, "warmup": 0.2, "duration": 0.5,
+                                         "setupTimeout": 20}, timeout=60)
+    assert run.result["delivered"] > 0
+    assert run.result["errors"] == 0
+    assert run.server_cpu is not None and run.server_cpu >= 0

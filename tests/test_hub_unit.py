@@ -1,0 +1,325 @@
+"""Unit tests of the I/O-free core: fake sinks, a fake clock, no sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rtchub.core.hub import Hub
+from rtchub.core.outgoing import Outgoing
+from rtchub.core.session import Session
+from rtchub.protocol.codec import decode_json, json_frame
+from rtchub.settings import Settings
+
+
+class FakeSink:
+    transport_name = "fake"
+
+    def __init__(self) -> None:
+        self.session: Session | None = None
+        self.frames: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+
+    def deliver(self, seq: int, out: Outgoing) -> None:
+        self.frames.append(decode_json(json_frame(seq, out.json)))
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def types(self) -> list[str]:
+        return [f["type"] for f in self.frames]
+
+    def last(self) -> dict[str, Any]:
+        return self.frames[-1]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make_hub(clock: Clock, **kw: Any) -> Hub:
+    return Hub(Settings(**kw), clock=clock)
+
+
+def connect(hub: Hub) -> tuple[FakeSink, Session]:
+    sink = FakeSink()
+    session = hub.open(sink)
+    return sink, session
+
+
+def joined(hub: Hub, room: str, user: str) -> tuple[FakeSink, Session]:
+    sink, session = connect(hub)
+    hub.receive(session, {"type": "join", "roomId": room, "userId": user})
+    assert sink.last()["type"] == "room-info", sink.frames
+    return sink, session
+
+
+def test_welcome_has_seq_zero_and_session_id(clock: Clock) -> None:
+    hub = make_hub(clock)
+    sink, session = connect(hub)
+    assert sink.frames == [{"seq": 0, "type": "welcome", "sessionId": session.id,
+                            "heartbeat": 20.0, "server": sink.frames[0]["server"]}]
+
+
+def test_seq_increments_per_session(clock: Clock) -> None:
+    hub = make_hub(clock)
+    a, sa = joined(hub, "r", "alice")
+    b, sb = joined(hub, "r", "bob")
+    for i in range(3):
+        hub.receive(sa, {"type": "signal", "roomId": "r", "to": "bob", "data": i})
+    assert [f["seq"] for f in b.frames] == list(range(len(b.frames)))
+    assert [f["seq"] for f in a.frames] == list(range(len(a.frames)))
+
+
+def test_relay_sets_from_and_strips_spoofed_fields(clock: Clock) -> None:
+    hub = make_hub(clock)
+    a, sa = joined(hub, "r", "alice")
+    b, sb = joined(hub, "r", "bob")
+    hub.receive(sa, {"type": "offer", "roomId": "r", "to": "bob", "sdp": "v=0",
+                     "from": "mallory", "seq": 999, "id": 7, "extra": {"x": 1}})
+    got = b.last()
+    assert got["from"] == "alice" and got["sdp"] == "v=0" and got["extra"] == {"x": 1}
+    assert got["seq"] != 999 and "id" not in got
+    assert a.last() == {"seq": a.last()["seq"], "type": "ack", "id": 7}
+
+
+def test_message_broadcast_and_echo(clock: Clock) -> None:
+    hub = make_hub(clock)
+    a, sa = joined(hub, "r", "alice")
+    b, _ = joined(hub, "r", "bob")
+    c, _ = joined(hub, "r", "carol")
+    n_a = len(a.frames)
+    hub.receive(sa, {"type": "message", "roomId": "r", "data": "hi"})
+    assert b.last()["data"] == "hi" and c.last()["data"] == "hi"
+    assert len(a.frames) == n_a
+    hub.receive(sa, {"type": "message", "roomId": "r", "content": "echoed", "echo": True})
+    assert a.last()["content"] == "echoed" and a.last()["from"] == "alice"
+    hub.receive(sa, {"type": "message", "roomId": "r", "data": "dm", "to": "carol"})
+    assert c.last()["data"] == "dm" and b.last()["content"] == "echoed"
+
+
+@pytest.mark.parametrize("msg, code", [
+    ({"type": "offer", "roomId": "r", "to": "bob", "sdp": "x"}, "not-in-room"),
+    ({"type": "nope"}, "unknown-type"),
+    ({"roomId": "r"}, "invalid-message"),
+    ({"type": "join", "roomId": "bad room!"}, "invalid-message"),
+    ({"type": "join", "roomId": "x" * 65}, "invalid-message"),
+    ({"type": "join", "roomId": "r", "displayName": 5}, "invalid-message"),
+    ({"type": "leave", "roomId": "r"}, "not-in-room"),
+    ({"type": "join", "roomId": "r", "id": {"x": 1}}, "invalid-message"),
+    ({"type": "resume", "sessionId": "nope", "lastSeq": 0}, "session-expired"),
+    ({"type": "resume", "sessionId": 5}, "invalid-message"),
+])
+def test_errors(clock: Clock, msg: dict[str, Any], code: str) -> None:
+    hub = make_hub(clock)
+    sink, session = connect(hub)
+    hub.receive(session, msg)
+    assert sink.last()["type"] == "error" and sink.last()["code"] == code
+
+
+def test_error_carries_id(clock: Clock) -> None:
+    hub = make_hub(clock)
+    sink, session = connect(hub)
+    hub.receive(session, {"type": "leave", "roomId": "r", "id": "abc"})
+    assert sink.last()["id"] == "abc" and sink.last()["code"] == "not-in-room"
+
+
+def test_peer_not_found_and_payload_checks(clock: Clock) -> None:
+    hub = make_hub(clock)
+    a, sa = joined(hub, "r", "alice")
+    hub.receive(sa, {"type": "offer", "roomId": "r", "to": "ghost", "sdp": "x"})
+    assert a.last()["code"] == "peer-not-found"
+    joined(hub, "r", "bob")
+    hub.receive(sa, {"type": "offer", "roomId": "r", "to": "bob"})
+    assert a.last()["code"] == "invalid-message"
+    hub.receive(sa, {"type": "candidate", "roomId": "r", "to": "bob"})
+    assert a.last()["code"] == "invalid-message"
+    hub.receive(sa, {"type": "candidate", "roomId": "r", "to": "bob", "candidate": None, "id": 9})
+    assert a.last()["type"] == "ack" and a.last()["id"] == 9
+
+
+def test_room_full_and_user_id_taken(clock: Clock) -> None:
+    hub = make_hub(clock, max_room_members=2)
+    joined(hub, "r", "alice")
+    joined(hub, "r", "bob")
+    sink, s = connect(hub)
+    hub.receive(s, {"type": "join", "roomId": "r", "userId": "carol"})
+    assert sink.last()["code"] == "room-full"
+    hub.receive(s, {"type": "join", "roomId": "r", "userId": "alice"})
+    assert sink.last()["code"] == "user-id-taken"
+
+
+def test_leave_and_clean_close_give_user_left(clock: Clock) -> None:
+    hub = make_hub(clock)
+    a, sa = joined(hub, "r", "alice")
+    b, sb = joined(hub, "r", "bob")
+    hub.receive(sb, {"type": "leave", "roomId": "r"})
+    assert a.last() == {"seq": a.last()["seq"], "type": "user-left", "roomId": "r",
+                        "userId": "bob", "reason": "left"}
+    hub.receive(sb, {"type": "join", "roomId": "r"})
+    hub.detach(sb, clean=True)
+    assert a.last()["type"] == "user-left" and a.last()["reason"] == "left"
+    assert "r" in hub.rooms
+    hub.detach(sa, clean=True)
+    assert "r" not in hub.rooms and not hub.sessions
+
+
+def test_grace_period_then_disconnected_once(clock: Clock) -> None:
+    hub = make_hub(clock, grace_period=30)
+    a, sa = joined(hub, "r", "alice")
+    b, sb = joined(hub, "r", "bob")
+    hub.detach(sb, clean=False)
+    clock.t += 29
+    hub.tick()
+    assert a.last()["type"] == "user-joined"
+    clock.t += 2
+    hub.tick()
+    hub.tick()
+    left = [f for f in a.frames if f["type"] == "user-left"]
+    assert left == [{"seq": left[0]["seq"], "type": "user-left", "roomId": "r",
+                     "userId": "bob", "reason": "disconnected"}]
+
+
+def test_resume_replays_exactly_what_was_missed(clock: Clock) -> None:
+    hub = make_hub(clock, grace_period=30)
+    a, sa = joined(hub, "r", "alice")
+    b, sb = joined(hub, "r", "bob")
+    hub.receive(sa, {"type": "signal", "roomId": "r", "to": "bob", "data": 0})
+    seen = b.last()["seq"]
+    hub.detach(sb, clean=False)
+    for i in range(1, 4):
+        hub.receive(sa, {"type": "signal", "roomId": "r", "to": "bob", "data": i})
+    b2, s2 = connect(hub)
+    hub.receive(s2, {"type": "resume", "sessionId": sb.id, "lastSeq": seen, "id": "r1"})
+    replay = b2.frames[1:]
+    assert [f.get("data") for f in replay[:-1]] == [1, 2, 3]
+    assert [f["seq"] for f in replay] == list(range(seen + 1, seen + 5))
+    assert replay[-1]["type"] == "resumed" and replay[-1]["id"] == "r1"
+    assert s2.id not in hub.sessions and sb.sink is b2
+    assert not [f for f in a.frames if f["type"] == "user-left"]
+    hub.receive(sa, {"type": "signal", "roomId": "r", "to": "bob", "data": 4})
+    assert b2.last()["data"] == 4
+
+
+def test_second_resume_closes_older_transport_4009(clock: Clock) -> None:
+    hub = make_hub(clock)
+    b, sb = joined(hub, "r", "bob")
+    b2, s2 = connect(hub)
+    hub.receive(s2, {"type": "resume", "sessionId": sb.id, "lastSeq": sb.seq})
+    assert b.closed is not None and b.closed[0] == 4009
+    assert sb.sink is b2
+
+
+def test_resume_after_overflow_is_session_expired(clock: Clock) -> None:
+    hub = make_hub(clock, resume_buffer_messages=5)
+    a, sa = joined(hub, "r", "alice")
+    b, sb = joined(hub, "r", "bob")
+    last = sb.seq
+    hub.detach(sb, clean=False)
+    for i in range(6):
+        hub.receive(sa, {"type": "signal", "roomId": "r", "to": "bob", "data": i})
+    b2, s2 = connect(hub)
+    hub.receive(s2, {"type": "resume", "sessionId": sb.id, "lastSeq": last})
+    assert b2.last()["code"] == "session-expired"
+    assert not [f for f in b2.frames if f.get("type") == "signal"]
+
+
+def test_buffer_bytes_bound(clock: Clock) -> None:
+    hub = make_hub(clock, resume_buffer_bytes=1000)
+    a, sa = joined(hub, "r", "alice")
+    b, sb = joined(hub, "r", "bob")
+    for _ in range(20):
+        hub.receive(sa, {"type": "signal", "roomId": "r", "to": "bob", "data": "x" * 100})
+    assert sb.buffer_bytes <= 1000 and len(sb.buffer) < 20
+
+
+def test_duplicate_ids_are_acked_not_redelivered(clock: Clock) -> None:
+    hub = make_hub(clock)
+    a, sa = joined(hub, "r", "alice")
+    b, sb = joined(hub, "r", "bob")
+    msg = {"type": "signal", "roomId": "r", "to": "bob", "data": 1, "id": 42}
+    hub.receive(sa, dict(msg))
+    hub.receive(sa, dict(msg))
+    assert [f for f in b.frames if f["type"] == "signal"] == [b.frames[-1]]
+    assert [f["type"] for f in a.frames[-2:]] == ["ack", "ack"]
+    assert a.last()["duplicate"] is True
+
+
+def test_tutorial_rejoin_takes_over_a_dropped_holder(clock: Clock) -> None:
+    hub = make_hub(clock, grace_period=30)
+    a, sa = joined(hub, "r", "alice")
+    b, sb = joined(hub, "r", "bob")
+    hub.detach(sb, clean=False)
+    b2, sb2 = joined(hub, "r", "bob")
+    rejoin = a.last()
+    assert rejoin["type"] == "user-joined" and rejoin["rejoined"] is True
+    clock.t += 60
+    hub.tick()
+    assert not [f for f in a.frames if f["type"] == "user-left"]
+    hub.receive(sa, {"type": "signal", "roomId": "r", "to": "bob", "data": "x"})
+    assert b2.last()["data"] == "x"
+
+
+def test_connected_holder_keeps_user_id(clock: Clock) -> None:
+    hub = make_hub(clock)
+    joined(hub, "r", "bob")
+    sink, s = connect(hub)
+    hub.receive(s, {"type": "join", "roomId": "r", "userId": "bob"})
+    assert sink.last()["code"] == "user-id-taken"
+
+
+def test_rate_limit_then_policy_close(clock: Clock) -> None:
+    hub = make_hub(clock, max_msg_rate=10, max_msg_burst=5, abuse_strikes=3)
+    sink, s = connect(hub)
+    for _ in range(5):
+        hub.receive(s, {"type": "ping"})
+    assert sink.types().count("pong") == 5
+    hub.receive(s, {"type": "ping", "id": 1})
+    assert sink.last() == {"seq": sink.last()["seq"], "type": "error", "code": "rate-limited",
+                           "message": sink.last()["message"], "id": 1}
+    clock.t += 0.1  # one token back
+    hub.receive(s, {"type": "ping"})
+    assert sink.last()["type"] == "pong"
+    for _ in range(3):
+        hub.receive(s, {"type": "ping"})
+    assert sink.closed is not None and sink.closed[0] == 1008
+
+
+def test_rooms_per_connection_limit(clock: Clock) -> None:
+    hub = make_hub(clock, max_rooms_per_connection=2, max_joins_per_second=0)
+    sink, s = connect(hub)
+    for room in ("a", "b", "c"):
+        hub.receive(s, {"type": "join", "roomId": room, "userId": "u"})
+    assert sink.last()["code"] == "forbidden"
+
+
+def test_ping_pong_keeps_timestamp(clock: Clock) -> None:
+    hub = make_hub(clock)
+    sink, s = connect(hub)
+    hub.receive(s, {"type": "ping", "timestamp": 123.5})
+    assert sink.last()["type"] == "pong" and sink.last()["timestamp"] == 123.5
+
+
+def test_server_assigns_user_id_and_keeps_it(clock: Clock) -> None:
+    hub = make_hub(clock)
+    sink, s = connect(hub)
+    hub.receive(s, {"type": "join", "roomId": "a"})
+    uid = s.user_id
+    assert uid and uid.startswith("u-")
+    hub.receive(s, {"type": "join", "roomId": "b", "userId": "other"})
+    assert sink.last()["code"] == "invalid-message"
+
+
+def test_json_frame_is_valid_json() -> None:
+    out = Outgoing({"type": "x", "a": [1, 2]})
+    assert decode_json(json_frame(7, out.json)) == {"seq": 7, "type": "x", "a": [1, 2]}
