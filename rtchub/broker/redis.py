@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -143,6 +144,30 @@ redis.call('DEL', ik)
 return inbox
 """
 
+# Every session's mirror of one flush in one call: the flush of a busy node
+# covers hundreds of sessions, and five commands per session (RPUSH, LTRIM,
+# HSET, 2x PEXPIRE) cost more Python encoding and reply parsing than the
+# messages themselves (profile in docs/benchmarks.md). ARGV[4] is a msgpack
+# array [sid, seq, [entries...], sid, seq, [...], ...]. A list or record this
+# call creates gets the TTL; existing ones keep theirs, refreshed by "touch".
+_MIRROR = """
+local p, limit, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local batch = cmsgpack.unpack(ARGV[4])
+for i = 1, #batch, 3 do
+  local sid, entries = batch[i], batch[i + 2]
+  local bk = p .. 'b:' .. sid
+  local n = 0
+  for j = 1, #entries, 1000 do
+    n = redis.call('RPUSH', bk, unpack(entries, j, math.min(j + 999, #entries)))
+  end
+  if n == #entries then redis.call('PEXPIRE', bk, ttl) end
+  if n > limit then redis.call('LTRIM', bk, -limit, -1) end
+  local sk = p .. 's:' .. sid
+  if redis.call('HSET', sk, 'seq', batch[i + 1]) == 1 then redis.call('PEXPIRE', sk, ttl) end
+end
+return 1
+"""
+
 _VERSION = """
 local k = ARGV[1] .. 'jv'
 if tonumber(redis.call('GET', k) or '0') < tonumber(ARGV[2]) then redis.call('SET', k, ARGV[2]) end
@@ -151,7 +176,7 @@ return 1
 
 SCRIPTS = {"claim": _CLAIM, "unclaim": _UNCLAIM, "release": _RELEASE, "conn": _CONN,
            "move": _MOVE, "forward": _FORWARD, "take": _TAKE, "drain": _DRAIN,
-           "version": _VERSION}
+           "version": _VERSION, "mirror": _MIRROR}
 
 
 def _pairs(flat: list[bytes]) -> dict[str, bytes]:
@@ -210,7 +235,10 @@ class RedisBroker(Broker):
                 await ps.subscribe(self.channel)
                 self._subscribed.set()
                 while True:
-                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    # No timeout: a timeout per read costs an asyncio timer per
+                    # message. A dead connection raises; a subscription Redis
+                    # lost while the socket stays up is caught by heartbeat().
+                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=None)
                     if msg is not None and msg.get("type") == "message":
                         try:
                             self.on_message(msg["data"])
@@ -301,18 +329,24 @@ class RedisBroker(Broker):
         sha = self.sha
         try:
             async with self.r.pipeline(transaction=False) as p:
+                mirrors: list[Any] = []
+                mirror_args: tuple[int, int] = (0, 0)
                 for op in ops:
                     kind = op[0]
+                    if mirrors and kind != "mirror":
+                        self._mirror(p, mirrors, *mirror_args)
+                        mirrors = []
                     if kind == "send":
                         p.evalsha(sha["forward"], 0, pfx, op[1], op[2], op[3] if len(op) > 3 else 60000)
                     elif kind == "mirror":
+                        # Ops are in the order that keeps them correct, and a
+                        # flush puts its mirrors first: collect consecutive ones.
                         _, sid, entries, seq, max_entries, ttl = op
-                        bk, sk = f"{pfx}b:{sid}", f"{pfx}s:{sid}"
-                        p.rpush(bk, *entries)
-                        p.ltrim(bk, -max_entries, -1)
-                        p.hset(sk, "seq", seq)
-                        p.pexpire(bk, ttl)
-                        p.pexpire(sk, ttl)
+                        if mirrors and mirror_args != (max_entries, ttl):
+                            self._mirror(p, mirrors, *mirror_args)
+                            mirrors = []
+                        mirrors += (sid, seq, entries)
+                        mirror_args = (max_entries, ttl)
                     elif kind == "meta":
                         sk = f"{pfx}s:{op[1]}"
                         p.hset(sk, mapping=op[2])
@@ -342,6 +376,8 @@ class RedisBroker(Broker):
                             p.pexpire(f"{pfx}r:{room}", ttl)
                     elif kind == "version":
                         p.evalsha(sha["version"], 0, pfx, op[1])
+                if mirrors:
+                    self._mirror(p, mirrors, *mirror_args)
                 results = await p.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self.connected = False
@@ -352,6 +388,11 @@ class RedisBroker(Broker):
                 raise BrokerDown("scripts were flushed")
             if isinstance(res, Exception):
                 log.warning("broker op failed: %r", res)
+
+    def _mirror(self, p: Any, batch: list[Any], max_entries: int, ttl: int) -> None:
+        """Queue one ``_MIRROR`` call for ``batch`` (sid, seq, entries, ...) on pipeline ``p``."""
+        p.evalsha(self.sha["mirror"], 0, self.p, max_entries, ttl,
+                  msgpack.packb(batch, use_bin_type=False))
 
     async def request(self, node: str, payload: bytes) -> int:
         try:
