@@ -574,3 +574,50 @@ async def test_join_storm_on_redis_never_runs_out_of_connections(
     await http.close()
     assert [a["type"] for a in answers] == ["room-info"] * 300, \
         [a for a in answers if a["type"] != "room-info"][:3]
+
+
+# ----------------------------------------------------------------- server API
+async def test_server_api_acts_on_the_whole_cluster(nodes: Any, peers: Any) -> None:
+    """publish, members and disconnect through a node that has no member of the room."""
+    apps = await nodes(3, api_key="k3y")
+    room = room_name()
+    alice = await peers(apps[0], "alice")
+    bob = await peers(apps[1], "bob")
+    await alice.join(room, "alice")
+    await bob.join(room, "bob")
+    await alice.wait("user-joined", userId="bob")
+    api = f"http://127.0.0.1:{apps[2].port}/api"
+    headers = {"X-API-Key": "k3y"}
+    assert room not in apps[2].hub.rooms
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(f"{api}/rooms/{room}/members") as resp:
+            assert resp.status == 200
+            members = (await resp.json())["members"]
+        assert sorted((m["userId"], m["node"]) for m in members) == [
+            ("alice", apps[0].hub.node_id), ("bob", apps[1].hub.node_id)]
+        assert not any(m["local"] for m in members)
+
+        body = {"roomId": room, "type": "message", "data": {"n": 1}}
+        async with http.post(f"{api}/publish", json=body) as resp:
+            assert resp.status == 200 and (await resp.json())["delivered"] == 2
+        for peer in (alice, bob):
+            got = await peer.wait("message", roomId=room)
+            assert got["data"] == {"n": 1} and got["server"] is True and "from" not in got
+        # To one member: only bob; numbered by bob's node like any message.
+        async with http.post(f"{api}/publish", json={**body, "to": "bob", "data": {"n": 2}}) as resp:
+            assert (await resp.json())["delivered"] == 1
+        got = await bob.wait("message", 2)
+        assert got["data"] == {"n": 2} and got["seq"] > bob.of("message")[0]["seq"]
+        await asyncio.sleep(0.3)
+        assert len(alice.of("message")) == 1
+
+        async with http.post(f"{api}/disconnect", json={"userId": "alice"}) as resp:
+            assert resp.status == 200 and (await resp.json())["disconnected"] == 1
+        left = await bob.wait("user-left", userId="alice")
+        assert left["reason"] == "kicked"
+        await eventually(lambda: alice.ws is not None and alice.ws.closed)
+        assert alice.ws is not None and alice.ws.close_code == 4003
+        async with http.post(f"{api}/disconnect", json={"userId": "nobody"}) as resp:
+            assert (await resp.json())["disconnected"] == 0
+        async with http.get(f"{api}/rooms/no-such-room") as resp:
+            assert resp.status == 404

@@ -10,6 +10,7 @@ no data, and the page asks for the key before it can show anything.
 from __future__ import annotations
 
 import hmac
+import inspect
 import itertools
 import re
 import time
@@ -37,6 +38,7 @@ from rtchub.api.models import (
     Stats,
 )
 from rtchub.api.openapi import Operation, build_openapi
+from rtchub.broker.base import BrokerDown
 
 if TYPE_CHECKING:
     from rtchub.app import RtcHub
@@ -135,6 +137,8 @@ class ServerApi:
                 except ValidationError as exc:
                     return _invalid(exc, "body")
             result = op.handler(**kwargs)
+            if inspect.isawaitable(result):
+                result = await result
             if isinstance(result, web.Response):
                 return result
             assert isinstance(result, BaseModel)
@@ -201,23 +205,54 @@ class ServerApi:
                for r in page]
         return RoomList(rooms=out, total=len(hub.rooms))
 
-    def room(self, roomId: str) -> RoomInfo | web.Response:  # noqa: N803 - the path's name
+    async def _remote_members(self, room_id: str) -> list[MemberInfo] | None:
+        """A room no member of which is on this node, from the cluster's directory."""
+        cluster = self.app.cluster
+        if cluster is None or not cluster.ready:
+            return None
+        try:
+            seats = await cluster.broker.directory(room_id)
+        except BrokerDown:
+            return None
+        if not seats:
+            return None
+        return [MemberInfo(user_id=uid, display_name=str(seat.get("d") or uid),
+                           session_id=str(seat.get("s", "")), transport=None,
+                           connected=bool(seat.get("c")), node=seat.get("n"),
+                           local=seat.get("n") == self.hub.node_id)
+                for uid, seat in sorted(seats.items())]
+
+    async def room(self, roomId: str) -> RoomInfo | web.Response:  # noqa: N803 - the path's name
         room = self.hub.rooms.get(roomId)
         if room is None:
-            return _error(404, "not-found", f"no room {roomId!r}")
+            members = await self._remote_members(roomId)
+            if members is None:
+                return _error(404, "not-found", f"no room {roomId!r}")
+            # Its age is known only where it has members.
+            return RoomInfo(room_id=roomId, member_count=len(members), age_seconds=0.0, members=members)
         return RoomInfo(room_id=room.id, member_count=len(room.members), age_seconds=self._age(room),
                         members=[self._member(mb) for mb in room.members.values()])
 
-    def members(self, roomId: str) -> RoomMembers | web.Response:  # noqa: N803
+    async def members(self, roomId: str) -> RoomMembers | web.Response:  # noqa: N803
         room = self.hub.rooms.get(roomId)
         if room is None:
-            return _error(404, "not-found", f"no room {roomId!r}")
+            members = await self._remote_members(roomId)
+            if members is None:
+                return _error(404, "not-found", f"no room {roomId!r}")
+            return RoomMembers(room_id=roomId, members=members)
         return RoomMembers(room_id=room.id, members=[self._member(mb) for mb in room.members.values()])
 
-    def publish(self, body: PublishRequest) -> PublishResult:
+    async def publish(self, body: PublishRequest) -> PublishResult:
         msg = {"type": body.type, "roomId": body.room_id, "data": body.data, "server": True}
+        cluster = self.app.cluster
+        if cluster is not None:
+            return PublishResult(delivered=await cluster.publish(body.room_id, msg, body.to))
         return PublishResult(delivered=self.hub.publish(body.room_id, msg, body.to))
 
-    def disconnect(self, body: DisconnectRequest) -> DisconnectResult:
-        n = self.hub.disconnect_user(body.user_id, body.reason, body.room_id)
+    async def disconnect(self, body: DisconnectRequest) -> DisconnectResult:
+        cluster = self.app.cluster
+        if cluster is not None:
+            n = await cluster.disconnect_user(body.user_id, body.reason, body.room_id)
+        else:
+            n = self.hub.disconnect_user(body.user_id, body.reason, body.room_id)
         return DisconnectResult(disconnected=n)

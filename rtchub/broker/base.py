@@ -153,6 +153,19 @@ class Broker:
         """Pop the inboxes of these sessions (after a resubscribe)."""
         raise NotImplementedError
 
+    # The server API's cluster-wide view (read-only, not on any hot path).
+    async def directory(self, room: str) -> dict[str, dict[str, Any]]:
+        """Room ``room``'s seats: userId -> ``{s: sid, n: node, d: name, c: connected, v}``."""
+        raise NotImplementedError
+
+    async def nodes(self) -> set[str]:
+        """Every node whose heartbeat key exists."""
+        raise NotImplementedError
+
+    async def room_ids(self) -> list[str]:
+        """Every room that has a seat on some node, sorted."""
+        raise NotImplementedError
+
 
 def make_broker(url: str) -> Broker:
     """``memory`` (private), ``memory://NAME`` (shared by the hubs of one process) or ``redis://...``."""

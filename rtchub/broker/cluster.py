@@ -144,7 +144,8 @@ class Cluster(HubObserver):
         self._ops = {"d": self._op_deliver, "j": self._op_join, "l": self._op_leave,
                      "m": self._op_move, "h": self._op_handover, "H": self._op_handed,
                      "r": self._op_replay, "R": self._op_replayed,
-                     "s": self._op_receive, "S": self._op_received}
+                     "s": self._op_receive, "S": self._op_received,
+                     "k": self._op_kick, "K": self._op_received}
 
     # ================================================================ lifecycle
     async def start(self) -> None:
@@ -992,6 +993,88 @@ class Cluster(HubObserver):
         fut = self.forwards.get(op[1])
         if fut is not None and not fut.done():
             fut.set_result(int(op[2]))
+
+    # ======================================================= server API, cluster-wide
+    async def publish(self, room_id: str, msg: dict[str, Any], to: str | None = None) -> int:
+        """``POST /api/publish`` on any node: every member of the room, wherever it is.
+
+        The room's seats come from the shared directory, so a node with no
+        member in the room publishes too. Each remote member's own node numbers
+        the message (the ``d`` op a relay uses), so resume and dedup work as for
+        any message. Without the broker: the members this node knows.
+        """
+        if not self.ready:
+            return self.hub.publish(room_id, msg, to)
+        try:
+            seats = await self.broker.directory(room_id)
+        except BrokerDown as exc:
+            self._down(exc)
+            return self.hub.publish(room_id, msg, to)
+        if to is not None:
+            seats = {to: seats[to]} if to in seats else {}
+        if not seats:
+            return 0
+        out = Outgoing({k: v for k, v in msg.items() if k != "seq"})
+        delivered = 0
+        by_node: dict[str, list[str]] = {}
+        for seat in seats.values():
+            if seat.get("n") == self.node:
+                s = self.hub.sessions.get(seat.get("s", ""))
+                if s is not None and not s.ended and room_id in s.rooms:
+                    self.hub.send(s, out)
+                    delivered += 1
+            else:
+                by_node.setdefault(seat.get("n", ""), []).append(seat.get("s", ""))
+        body = out.json
+        for node, sids in by_node.items():
+            self.dseq += 1
+            self.outq.setdefault(node, []).append(
+                ["d", room_id, 0, body, f"{self.epoch}:{self.dseq}", *sids])
+            self._last.pop(node, None)
+            delivered += len(sids)
+        if by_node:
+            self._kick()
+        return delivered
+
+    async def disconnect_user(self, user_id: str, reason: str, room_id: str | None) -> int:
+        """``POST /api/disconnect`` on any node: the user's sessions on every live node.
+
+        Each other node is asked to kick and answers with its count (``k`` /
+        ``K``); a node that does not answer within ``HANDOVER_TIMEOUT`` counts 0.
+        """
+        n = self.hub.disconnect_user(user_id, reason, room_id)
+        if not self.ready:
+            return n
+        try:
+            others = await self.broker.nodes() - {self.node}
+        except BrokerDown as exc:
+            self._down(exc)
+            return n
+        loop = asyncio.get_running_loop()
+        asks: list[tuple[str, asyncio.Future[int]]] = []
+        try:
+            for node in sorted(others):
+                reqid = secrets.token_hex(6)
+                fut = self.forwards[reqid] = loop.create_future()
+                payload = msgpack.packb([["k", user_id, reason, room_id or "", self.node, reqid]])
+                if await self.broker.request(node, payload):
+                    asks.append((reqid, fut))
+                else:
+                    self.forwards.pop(reqid, None)
+            if asks:
+                done, _ = await asyncio.wait([f for _, f in asks], timeout=HANDOVER_TIMEOUT)
+                n += sum(max(0, f.result()) for f in done)
+        except BrokerDown as exc:
+            self._down(exc)
+        finally:
+            for reqid, _ in asks:
+                self.forwards.pop(reqid, None)
+        return n
+
+    def _op_kick(self, op: list[Any]) -> None:
+        _, user_id, reason, room_id, from_node, reqid = op
+        n = self.hub.disconnect_user(user_id, reason, room_id or None)
+        self._emit({from_node}, ["K", reqid, n])
 
     # ====================================================== liveness, recovery
     def _down(self, exc: BaseException) -> None:

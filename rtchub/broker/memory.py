@@ -136,6 +136,15 @@ class MemoryBroker(Broker):
     async def request(self, node: str, payload: bytes) -> int:
         return self.bus.publish(node, payload)
 
+    async def directory(self, room: str) -> dict[str, dict[str, Any]]:
+        return self._members(room)
+
+    async def nodes(self) -> set[str]:
+        return {n for n in self.bus.node_keys if self.bus.node_alive(n)}
+
+    async def room_ids(self) -> list[str]:
+        return sorted(r for r, seats in self.bus.rooms.items() if seats)
+
     async def claim(self, room: str, uid: str, sid: str, name: str,
                     max_members: int, ttl_ms: int) -> Claim:
         bus = self.bus

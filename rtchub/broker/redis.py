@@ -400,6 +400,27 @@ class RedisBroker(Broker):
         except (RedisError, OSError) as exc:
             raise BrokerDown(str(exc)) from exc
 
+    async def directory(self, room: str) -> dict[str, dict[str, Any]]:
+        try:
+            raw = await self.r.hgetall(f"{self.p}r:{room}")
+        except (RedisError, OSError) as exc:
+            raise BrokerDown(str(exc)) from exc
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    async def _scan(self, kind: str) -> list[str]:
+        """Names of the keys ``<prefix><kind>:*`` (SCAN: never blocks Redis like KEYS)."""
+        head = f"{self.p}{kind}:"
+        try:
+            return [k.decode()[len(head):] async for k in self.r.scan_iter(match=head + "*", count=1000)]
+        except (RedisError, OSError) as exc:
+            raise BrokerDown(str(exc)) from exc
+
+    async def nodes(self) -> set[str]:
+        return set(await self._scan("node"))
+
+    async def room_ids(self) -> list[str]:
+        return sorted(await self._scan("r"))
+
     async def claim(self, room: str, uid: str, sid: str, name: str,
                     max_members: int, ttl_ms: int) -> Claim:
         res = await self._eval("claim", room, uid, sid, self.node_id, name, max_members, ttl_ms)
