@@ -87,14 +87,15 @@ class ServerApi:
                       body=PublishRequest,
                       description="Members receive `{type, roomId, data, server: true}` (no "
                                   "`from`: it comes from the server, not a member). A room "
-                                  "nobody is in gets nothing: `delivered: 0`."),
+                                  "nobody is in gets nothing: `delivered: 0`. In a cluster it "
+                                  "reaches members on every node."),
             Operation("POST", "/api/disconnect", "disconnectUser", "Disconnect a user",
                       self.disconnect, {200: (DisconnectResult, "sessions ended")},
                       body=DisconnectRequest,
                       description="Ends the user's sessions now (no grace period). Their "
                                   "rooms' members get `user-left` with `reason` (default "
                                   "`kicked`); the transport closes with 4003 for `kicked`, "
-                                  "1008 otherwise."),
+                                  "1008 otherwise. In a cluster, on every live node."),
         ]
         self.openapi = orjson.dumps(build_openapi(self.ops))
 
