@@ -212,3 +212,24 @@ async def test_polling_takes_the_session_over_on_another_node(nodes: Any, peers:
         assert sid in b.hub.sessions and sid not in a.hub.sessions
         await asyncio.sleep(0.2)
         assert y.of("user-left") == []
+
+
+async def test_close_through_another_node_ends_the_session_at_once(nodes: Any, peers: Any) -> None:
+    """``POST /close`` (sendBeacon on pagehide) may reach any node: no grace-period wait."""
+    a, b = await nodes(2, grace_period=30)
+    room = room_name()
+    async with aiohttp.ClientSession() as http:
+        sse = await open_sse(http, a.url)
+        sid = (await sse.next())["data"]["sessionId"]
+        assert (await post(http, a.url, sid, {"type": "join", "roomId": room, "userId": "sam",
+                                              "id": "j"})).status == 202
+        p = await peers(b, "p")
+        await p.join(room, "pat")
+        async with http.post(f"{b.url}/close", params={"session": sid}) as r:
+            assert r.status == 200 and (await r.json()) == {"closed": True}
+        left = await p.wait("user-left", userId="sam", timeout=3.0)
+        assert left["reason"] == "left"
+        await eventually(lambda: sid not in a.hub.sessions)
+        async with http.post(f"{b.url}/close", params={"session": sid}) as r:
+            assert r.status == 404 and (await r.json())["code"] == "session-expired"
+        sse.resp.close()

@@ -141,11 +141,15 @@ class Cluster(HubObserver):
         #: (messages in order; returns how many were accepted). The HTTP transports
         #: replace it with their own (rtchub.transports.http_common.receive_all).
         self.receive_batch: Any = self._receive_batch
+        #: How a ``POST /close`` forwarded from another node ends a session (set by
+        #: the HTTP transports; the default detaches it cleanly).
+        self.close_session: Any = lambda s: self.hub.detach(s, clean=True)
         self._ops = {"d": self._op_deliver, "j": self._op_join, "l": self._op_leave,
                      "m": self._op_move, "h": self._op_handover, "H": self._op_handed,
                      "r": self._op_replay, "R": self._op_replayed,
                      "s": self._op_receive, "S": self._op_received,
-                     "k": self._op_kick, "K": self._op_received}
+                     "k": self._op_kick, "K": self._op_received,
+                     "c": self._op_close, "C": self._op_received}
 
     # ================================================================ lifecycle
     async def start(self) -> None:
@@ -963,6 +967,43 @@ class Cluster(HubObserver):
             return None
         finally:
             self.forwards.pop(reqid, None)
+
+    async def forward_close(self, sid: str) -> bool:
+        """``POST /close`` for a session another node holds: that node ends it.
+
+        False when no live node holds ``sid`` (the caller says ``session-expired``).
+        """
+        if not self.ready:
+            return False
+        reqid = secrets.token_hex(6)
+        fut = self.forwards[reqid] = asyncio.get_running_loop().create_future()
+        try:
+            owner = await self.broker.owner(sid)
+            if not owner or owner == self.node:
+                return False
+            if not await self.broker.request(owner, msgpack.packb([["c", sid, self.node, reqid]])):
+                return False
+            return await asyncio.wait_for(fut, HANDOVER_TIMEOUT) > 0
+        except TimeoutError:
+            return False
+        except BrokerDown as exc:
+            self._down(exc)
+            return False
+        finally:
+            self.forwards.pop(reqid, None)
+
+    def _op_close(self, op: list[Any]) -> None:
+        _, sid, from_node, reqid = op
+        s = self.hub.sessions.get(sid)
+        if s is None or s.ended:
+            moved = self.moved.get(sid)
+            if moved is not None and moved[0] != from_node:
+                self._emit({moved[0]}, op)  # handed over meanwhile: its new node answers
+            else:
+                self._emit({from_node}, ["C", reqid, -1])
+            return
+        self.close_session(s)
+        self._emit({from_node}, ["C", reqid, 1])
 
     def _receive_batch(self, session: Session, msgs: list[Any]) -> int:
         accepted = 0

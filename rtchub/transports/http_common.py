@@ -227,15 +227,24 @@ async def close(request: web.Request) -> web.Response:
     if origin_refused(request):
         return error_response(request, 403, ErrorCode.FORBIDDEN, "origin not allowed")
     session = find_session(request)
+    app = rtchub_of(request)
     if session is None:
+        sid = request.query.get("session")
+        # Another node holds the session: it closes it there.
+        if app.cluster is not None and sid and await app.cluster.forward_close(sid):
+            return json_response(request, b'{"closed":true}')
         return session_expired(request)
-    hub = rtchub_of(request).hub
+    close_session(app.hub, session)
+    return json_response(request, b'{"closed":true}')
+
+
+def close_session(hub: Hub, session: Session) -> None:
+    """End ``session`` as a clean client close would (members see ``user-left`` ``left``)."""
     sink = session.sink
     hub.detach(session, clean=True)
     if sink is not None:
         sink.session = None
         sink.close(CloseCode.NORMAL, "closed by client")
-    return json_response(request, b'{"closed":true}')
 
 
 class HttpTransports:
@@ -310,6 +319,7 @@ def register(app: RtcHub) -> HttpTransports:
     if cluster is not None:
         hub = app.hub
         cluster.receive_batch = lambda session, msgs: receive_all(hub, session, msgs)
+        cluster.close_session = lambda session: close_session(hub, session)
     r = app.http.router
     r.add_get("/sse", sse.handle, allow_head=False)
     r.add_post("/poll/open", poll.open_session)
