@@ -57,6 +57,34 @@ async def test_three_party_mesh(make_e2e_server: Any, open_page: Any) -> None:
     open_page.check()
 
 
+async def test_six_party_mesh(make_e2e_server: Any, open_page: Any) -> None:
+    """The largest call the SDK is meant for: 6 pages, 15 peer connections, 30 videos.
+
+    All six join at once, so most pairs are set up while other pairs of the
+    same pages are still negotiating. A small camera (160x120 at 10 fps)
+    keeps 30 encoders and decoders within what a 2-core machine can run; the
+    signaling and negotiation under test are the same as at 640x480.
+    """
+    app = await make_e2e_server()
+    users = [f"six-{i}" for i in range(1, 7)]
+    pages = [await open_page(f"{app.url}/t/{u}", name=u) for u in users]
+    small = {"width": 160, "height": 120, "frameRate": 10}
+    await asyncio.gather(*(
+        p.evaluate("([room, user, video]) => T.startCall({room, user, video})", ["six", u, small])
+        for p, u in zip(pages, users, strict=True)))
+    assert sorted(app.hub.rooms["six"].members) == users
+    for page, me in zip(pages, users, strict=True):
+        others = sorted(u for u in users if u != me)
+        videos = await open_page.media_flowing(page, 5, timeout=30)
+        assert sorted(v["userId"] for v in videos) == others, videos
+        assert all(shows_fake_camera(v) and v["width"] <= 160 for v in videos), videos
+        states = await page.evaluate("T.peerStates()")
+        assert sorted(states) == others
+        assert all(s["connection"] == "connected" and s["signaling"] == "stable"
+                   for s in states.values()), states
+    open_page.check()
+
+
 async def test_glare_both_offer_at_once(make_e2e_server: Any, open_page: Any) -> None:
     app = await make_e2e_server()
     a = await open_page(app.url + "/t/a", name="a")
