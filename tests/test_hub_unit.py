@@ -323,3 +323,21 @@ def test_server_assigns_user_id_and_keeps_it(clock: Clock) -> None:
 def test_json_frame_is_valid_json() -> None:
     out = Outgoing({"type": "x", "a": [1, 2]})
     assert decode_json(json_frame(7, out.json)) == {"seq": 7, "type": "x", "a": [1, 2]}
+
+
+def test_relayed_outgoing_reads_type_from_the_head_and_decodes_on_demand() -> None:
+    body = b'{"type":"candidate","roomId":"r","from":"a","data":{"x":"\\"q\\""}}'
+    out = Outgoing.relayed(body)
+    assert out.type == "candidate" and out.json is body
+    assert out.msg == decode_json(body)  # decoded on first read, then kept
+    assert out.msg is out.msg
+    # Another key order still works (full decode at once).
+    other = Outgoing.relayed(b'{"roomId":"r","type":"signal"}')
+    assert other.type == "signal" and other.msg == {"roomId": "r", "type": "signal"}
+    # Sent like any other: numbered, buffered and counted by type.
+    hub = Hub(Settings())
+    sink = FakeSink()
+    session = hub.open(sink)
+    hub.send(session, Outgoing.relayed(body))
+    assert sink.last()["type"] == "candidate" and sink.last()["seq"] == 1
+    assert hub.sent["candidate"] == 1

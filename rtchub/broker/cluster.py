@@ -356,7 +356,7 @@ class Cluster(HubObserver):
         room, minv, body, did = op[1], op[2], op[3], op[4]
         if isinstance(body, str):
             body = body.encode()
-        out = Outgoing(orjson.loads(body), body)
+        out = Outgoing.relayed(body)
         for sid in op[5:]:
             self.stats["deliveries"] += 1
             self._deliver(sid, room, minv, out, did)

@@ -158,7 +158,7 @@ class Hub:
         body_size = len(out.json)
         seq = session.seq = session.seq + 1
         sent = self.sent
-        mtype = out.msg["type"]
+        mtype = out.type
         sent[mtype] = sent.get(mtype, 0) + 1
         buf = session.buffer
         # The buffer keeps the encoded body only: a (int, bytes) tuple is not

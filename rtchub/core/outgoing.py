@@ -15,11 +15,12 @@ class Outgoing:
     built lazily and cached, so a room broadcast is serialized once.
     """
 
-    __slots__ = ("msg", "_json")
+    __slots__ = ("msg", "_json", "type")
 
     def __init__(self, msg: dict[str, Any], body: bytes | None = None) -> None:
         self.msg = msg
         self._json = body
+        self.type: str = msg.get("type", "")
 
     @property
     def json(self) -> bytes:
@@ -37,12 +38,41 @@ class Outgoing:
         """A buffered body on its way out again (resume replay)."""
         return cls(decode_json(body), body)
 
-    @property
-    def type(self) -> str:
-        return self.msg["type"]
+    @classmethod
+    def relayed(cls, body: bytes) -> Outgoing:
+        """A body encoded by another node: decoded only if something reads ``msg``.
+
+        Delivering it over JSON needs only the body and the type (for the
+        per-type counters); a cluster node that decoded every forwarded body
+        spent ~9 % of its time in ``orjson.loads``. The type is read from the
+        body's head when it starts with ``{"type":"`` (relayed types are
+        validated names, never escaped), else from a full decode.
+        """
+        out = _Relayed.__new__(_Relayed)
+        out._json = body
+        if body.startswith(b'{"type":"'):
+            end = body.find(b'"', 9)
+            out.type = body[9:end].decode()
+        else:
+            out.msg = decode_json(body)
+            out.type = out.msg.get("type", "")
+        return out
 
     def __len__(self) -> int:
         return len(self.json)
 
     def __repr__(self) -> str:
         return f"Outgoing({self.msg!r})"
+
+
+class _Relayed(Outgoing):
+    """:meth:`Outgoing.relayed`: ``msg`` is decoded on first read."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when the ``msg`` slot is still empty.
+        if name == "msg":
+            msg = self.msg = decode_json(self.json)
+            return msg
+        raise AttributeError(name)
