@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from rtchub.client.transports import Transport, TransportClosed, make_transport
+from rtchub.client.transports import TRANSPORTS, Transport, TransportClosed, make_transport
 
 log = logging.getLogger("rtchub.client")
 
@@ -32,6 +32,12 @@ _INTERNAL = frozenset({"welcome", "ack", "resumed", "pong"})
 #: 1000 we closed; 4001/4003 auth refused (retrying cannot help); 4009 another
 #: connection resumed this session - reconnecting would steal it back.
 NO_RECONNECT_CODES = frozenset({1000, 4001, 4003, 4009})
+#: States in which the session is usable (the browser SDK's ``online``).
+_ONLINE = frozenset({"connected", "resumed", "rejoined"})
+#: Defaults of the browser SDK (rtchub/web/sdk/hub.js): ``probeIntervalMs``
+#: and ``welcomeTimeoutMs``.
+PROBE_INTERVAL = 60.0
+WELCOME_TIMEOUT = 4.0
 
 
 class ClientError(Exception):
@@ -50,6 +56,12 @@ class Client:
     ``url`` is the server's base (``http://host:port``) or a WebSocket URL
     (``ws://host:port/ws``). ``transport`` is ``websocket``, ``sse``,
     ``polling`` or ``auto`` (WebSocket, falling back to SSE, then polling).
+
+    On ``auto``, a session that landed on SSE or polling tries WebSocket again
+    every ``probe_interval`` seconds (twice that after a failed try; ``None``
+    never) and, when it gets through, moves the session onto it with
+    ``resume``, as the browser SDK does: a proxy that refused the upgrade
+    once should not pin the session to a slower transport for good.
     """
 
     def __init__(
@@ -63,6 +75,7 @@ class Client:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         ack_timeout: float = 10.0,
+        probe_interval: float | None = PROBE_INTERVAL,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.url = url
@@ -73,6 +86,7 @@ class Client:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.ack_timeout = ack_timeout
+        self.probe_interval = probe_interval
         self._http = session
         self._own_http = session is None
         self.session_id: str | None = None
@@ -97,6 +111,8 @@ class Client:
         self._resume_id: str | None = None
         self._pending_new_session: tuple[str | None, int] = (None, 0)
         self._ice: tuple[float, dict[str, Any]] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._switching = False
         self.transport_name: str | None = None
         self.close_code: int | None = None
         self.states: list[str] = []
@@ -116,7 +132,12 @@ class Client:
     def _set_state(self, state: str, **extra: Any) -> None:
         self.state = state
         self.states.append(state)
-        self._emit("state", {"state": state, **extra})
+        # Like the browser SDK: probe from every fresh start online, never while
+        # (re)connecting, so a probe cannot race a reconnect.
+        self._cancel_probe()
+        if state in _ONLINE and self._probe_wanted():
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
+        self._emit("state", {"state": state, "transport": self.transport_name, **extra})
 
     # ------------------------------------------------------------- lifecycle
     async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
@@ -147,6 +168,7 @@ class Client:
     async def close(self) -> None:
         """Close cleanly (code 1000): the server ends the session at once."""
         self._closing = True
+        self._cancel_probe()
         if self._transport is not None:
             await self._transport.close()
         for task in (self._reader, self._writer):
@@ -167,17 +189,26 @@ class Client:
             self._transport.abort()
 
     # ---------------------------------------------------------------- reading
-    async def _read(self, transport: Transport) -> None:
+    async def _read(self, transport: Transport,
+                    messages: AsyncIterator[dict[str, Any]] | None = None) -> None:
         try:
-            async for msg in transport.messages():
+            async for msg in messages or transport.messages():
+                if transport is not self._transport:
+                    # Switched away (probe): the new transport's resume replays
+                    # everything after lastSeq, so nothing here is needed.
+                    break
                 self._handle(msg)
         except TransportClosed:
             pass
         except Exception:
             log.debug("transport read failed", exc_info=True)
-        self.close_code = transport.close_code
-        if transport is not self._transport or self._closing:
+        if transport is not self._transport:
             return
+        self.close_code = transport.close_code
+        if self._closing:
+            return
+        if self._switching and transport.close_code not in NO_RECONNECT_CODES:
+            return  # drained for a switch: the probe resumes the session on its transport
         self._connected.clear()
         if self.reconnect and transport.close_code not in NO_RECONNECT_CODES:
             asyncio.get_running_loop().create_task(self._reconnect())
@@ -255,10 +286,110 @@ class Client:
                 log.debug("reconnect attempt %d failed", attempt, exc_info=True)
                 continue
             if self.session_id is not None:
-                self._resume_id = f"resume-{next(self._ids)}"
-                self._enqueue({"type": "resume", "sessionId": self.session_id,
-                               "lastSeq": self.last_seq, "id": self._resume_id})
+                self._send_resume()
             return
+
+    def _send_resume(self) -> None:
+        self._resume_id = f"resume-{next(self._ids)}"
+        self._enqueue({"type": "resume", "sessionId": self.session_id,
+                       "lastSeq": self.last_seq, "id": self._resume_id})
+
+    # ------------------------------------------------------------ probe upward
+    def _probe_wanted(self) -> bool:
+        return (self.transport_kind == "auto" and self.probe_interval is not None
+                and self.transport_name not in (None, "websocket") and not self._closing)
+
+    def _cancel_probe(self) -> None:
+        task = self._probe_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self._probe_task = None
+
+    async def _probe_loop(self) -> None:
+        assert self.probe_interval is not None
+        delay = self.probe_interval
+        while True:
+            await asyncio.sleep(delay)
+            if not self._connected.is_set() or not self._probe_wanted():
+                return
+            if await self._probe():
+                return
+            # As the browser SDK: after a failed probe, wait twice as long.
+            delay = self.probe_interval * 2
+
+    async def _probe(self) -> bool:
+        """Try WebSocket while on SSE/polling; on ``welcome``, switch the session to it."""
+        assert self._http is not None
+        http = self._http
+        probe: Transport | None = None
+        messages: AsyncIterator[dict[str, Any]] | None = None
+
+        async def attempt() -> dict[str, Any]:
+            nonlocal probe, messages
+            probe = await TRANSPORTS["websocket"](http, self.url, codec=self.codec, token=self.token)
+            messages = probe.messages()
+            return await anext(messages)
+
+        try:
+            welcome: dict[str, Any] | None = await asyncio.wait_for(attempt(), WELCOME_TIMEOUT)
+        except asyncio.CancelledError:
+            if probe is not None:
+                probe.abort()
+            raise
+        except Exception:  # refused upgrade, unreachable, no welcome in time
+            log.debug("probe for websocket failed", exc_info=True)
+            welcome = None
+        if probe is None or messages is None:
+            return False
+        if (welcome is None or welcome.get("type") != "welcome"
+                or not self._connected.is_set() or not self._probe_wanted()):
+            await probe.close()  # 1000: the server drops the probe's fresh session at once
+            return False
+        old, old_reader = self._transport, self._reader
+        assert old is not None
+        # Resume only once the old transport has nothing in flight (drain): a
+        # poll of it reaching the server after the resume would take the session back.
+        self._switching = True
+        try:
+            old.drain()
+            if old_reader is not None:
+                await asyncio.wait_for(asyncio.shield(old_reader), WELCOME_TIMEOUT)
+        except TimeoutError:
+            log.debug("old transport did not drain in time; dropping it")
+        except asyncio.CancelledError:
+            probe.abort()
+            raise
+        finally:
+            self._switching = False
+        if self._closing or self._transport is not old:
+            await probe.close()
+            return False
+        self._switch(probe, messages, welcome)
+        return True
+
+    def _switch(self, transport: Transport, messages: AsyncIterator[dict[str, Any]],
+                welcome: dict[str, Any]) -> None:
+        """Move the session onto ``transport``: resume there, then drop the old one.
+
+        The old transport (drained) is dropped without ``/close``, the session
+        must live on; the server replays everything after ``lastSeq`` on the
+        new transport and un-acked sends are resent after ``resumed``, in
+        order, deduplicated by id.
+        """
+        old = self._transport
+        loop = asyncio.get_running_loop()
+        self._connected.clear()
+        self._transport = transport
+        self.transport_name = transport.name
+        if self._writer is not None:
+            self._writer.cancel()
+        self._outq = asyncio.Queue()
+        self._writer = loop.create_task(self._write_loop(transport, self._outq))
+        self._handle(welcome)  # the probe's own session, adopted if the resume fails
+        self._send_resume()
+        self._reader = loop.create_task(self._read(transport, messages))
+        if old is not None:
+            old.drop()
 
     async def _rejoin(self) -> None:
         """Fresh session after ``session-expired``: join the rooms again, then resend."""

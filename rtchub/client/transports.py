@@ -36,6 +36,16 @@ class Transport:
     def abort(self) -> None:
         raise NotImplementedError
 
+    def drain(self) -> None:
+        """Let ``messages()`` end without ending the session, which then waits in the
+        server's grace period for a ``resume`` on another transport (the Client
+        switching up). HTTP transports first finish the request in flight."""
+        self.abort()
+
+    def drop(self) -> None:
+        """Stop at once without ending the session."""
+        self.abort()
+
 
 def base_url(url: str) -> str:
     """``ws://h:p/ws`` or ``http://h:p`` -> ``http://h:p`` (scheme mapped, path dropped)."""

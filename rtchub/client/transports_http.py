@@ -90,6 +90,8 @@ class _HttpTransport(Transport):
         self.token = token
         self.session_id: str | None = None
         self.closed = False
+        #: Set by :meth:`drain`: finish what is in flight, then end ``messages()``.
+        self.draining = False
         self._outq: deque[tuple[dict[str, Any], asyncio.Future[None]]] = deque()
         self._sender: asyncio.Task[None] | None = None
 
@@ -99,14 +101,18 @@ class _HttpTransport(Transport):
     async def send(self, msg: dict[str, Any]) -> None:
         if self.closed:
             raise TransportClosed("transport closed")
-        fut = asyncio.get_running_loop().create_future()
-        self._outq.append((msg, fut))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_loop())
+        fut = self._push(msg)
         if len(self._outq) > self.MAX_QUEUED:
             # Back-pressure only when the server falls behind; otherwise return
             # at once so that a burst (ICE candidates) goes out as one POST.
             await fut
+
+    def _push(self, msg: dict[str, Any]) -> asyncio.Future[None]:
+        fut = asyncio.get_running_loop().create_future()
+        self._outq.append((msg, fut))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_loop())
+        return fut
 
     async def send_raw(self, data: str | bytes) -> aiohttp.ClientResponse:
         """POST a body as is (tests: malformed input); returns the response, read."""
@@ -158,6 +164,22 @@ class _HttpTransport(Transport):
         self._stop()
         if self._sender is not None:
             self._sender.cancel()
+
+    def drain(self) -> None:
+        """Start no new request (poll, SSE reconnect) and end ``messages()`` once the
+        one in flight is answered; no ``POST /close``, the session lives on.
+
+        Before the Client resumes the session on another transport: a request
+        of this one that reached the server after that ``resume`` would take the
+        session back (a poll of a session another transport holds is a resume).
+        Sends already queued still go out; the server drops resends by id.
+        """
+        self.draining = True
+
+    def drop(self) -> None:
+        """Stop at once, without ``POST /close`` (a drain that took too long)."""
+        self.closed = True
+        self._stop()
 
     def _stop(self) -> None:
         raise NotImplementedError
@@ -248,9 +270,12 @@ class SseTransport(_HttpTransport):
                 log.debug("SSE stream broke", exc_info=True)
             finally:
                 resp.release()
-            if self.closed or expired or self.last_event_id is None:
+            if self.closed or self.draining or expired or self.last_event_id is None:
                 break
             if not await self._reconnect():
+                break
+            if self.draining:
+                self._stop()  # reattached meanwhile: that request is answered, so done
                 break
             resuming = True
         if self.close_code is None and self.closed:
@@ -261,7 +286,7 @@ class SseTransport(_HttpTransport):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RESUME_WINDOW
         delay = 0.05
-        while not self.closed and loop.time() < deadline:
+        while not self.closed and not self.draining and loop.time() < deadline:
             try:
                 await self._connect(self.last_event_id)
                 return True
@@ -271,6 +296,12 @@ class SseTransport(_HttpTransport):
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
         return False
+
+    def drain(self) -> None:
+        # The stream's request was answered long ago: only its reconnect is left
+        # to prevent, and nothing more should be read.
+        super().drain()
+        self._stop()
 
     def _stop(self) -> None:
         if self.resp is not None:
@@ -338,6 +369,8 @@ class PollingTransport(_HttpTransport):
                 if isinstance(seq, int) and seq > self.after:
                     self.after = seq
                 yield msg
+            if self.draining:
+                return
             sid, after = self.session_id, self.after
             assert sid is not None
             self._poll_task = loop.create_task(self._poll(sid, after))
@@ -416,6 +449,13 @@ class PollingTransport(_HttpTransport):
         self._local.extend(msgs)
         if self._poll_task is not None:
             self._poll_task.cancel()
+
+    def drain(self) -> None:
+        # A ``ping`` makes the server answer the waiting long-poll at once (its
+        # ``pong`` is a new message), so the drain takes a round trip, not 25 s.
+        super().drain()
+        if self._poll_task is not None and not self.closed:
+            self._push({"type": "ping"})
 
     def _stop(self) -> None:
         if self._poll_task is not None:
