@@ -33,9 +33,12 @@ class WsGate:
     connection and no upgrade can slip through on a reused one.
     """
 
-    def __init__(self, upstream_port: int, no_sse: bool = False) -> None:
+    def __init__(self, upstream_port: int, no_sse: bool = False, mute_ws: bool = False) -> None:
         self.upstream_port = upstream_port
         self.no_sse = no_sse
+        #: Let upgrades through but pass nothing after the 101 (no ``welcome``):
+        #: a proxy that accepts WebSocket and then breaks it.
+        self.mute_ws = mute_ws
         self.ws_open = False
         self.refused = 0
         self.upgrades = 0
@@ -66,6 +69,11 @@ class WsGate:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             self.writers.add(up_writer)
             up_writer.write(head)
+            if upgrade and self.mute_ws:
+                writer.write(await up_reader.readuntil(b"\r\n\r\n"))  # the 101 only
+                await writer.drain()
+                await reader.read()  # until the client gives up on it
+                return
             await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
@@ -171,3 +179,27 @@ async def test_auto_moves_up_to_websocket_without_losing_a_message(make_server: 
         await http.close()
         await gate.stop()
 
+
+
+async def test_auto_falls_back_when_websocket_opens_but_says_nothing(make_server: Any) -> None:
+    """Handshake accepted, no ``welcome`` within the timeout: ``auto`` goes on to SSE."""
+    server = await make_server(max_handshakes_per_ip=0, max_connections_per_ip=0)
+    gate = await WsGate(server.port, mute_ws=True).start()
+    gate.ws_open = True
+    connector = aiohttp.TCPConnector(force_close=True)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as http:
+            client = Client(gate.url, transport="auto", probe_interval=None, session=http)
+            t0 = asyncio.get_running_loop().time()
+            await client.connect(timeout=15)
+            waited = asyncio.get_running_loop().time() - t0
+            try:
+                assert gate.upgrades == 1 and client.transport_name == "sse"
+                assert waited >= 3.5  # it did wait for a welcome on the WebSocket first
+                info = await client.join("r", user_id="patient")
+                assert info["type"] == "room-info"
+                assert server.hub.rooms["r"].members["patient"].session.sink.transport_name == "sse"
+            finally:
+                await client.close()
+    finally:
+        await gate.stop()

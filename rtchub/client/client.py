@@ -154,7 +154,8 @@ class Client:
         loop = asyncio.get_running_loop()
         self._welcome = loop.create_future()
         transport = await make_transport(self.transport_kind, self._http, self.url,
-                                         codec=self.codec, token=self.token)
+                                         codec=self.codec, token=self.token,
+                                         welcome_timeout=WELCOME_TIMEOUT)
         self._transport = transport
         self.transport_name = transport.name
         if self._writer is not None:

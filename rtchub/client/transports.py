@@ -7,6 +7,7 @@ is the same whatever carries it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -123,17 +124,78 @@ TRANSPORTS: dict[str, Opener] = {"websocket": WebSocketTransport.open}
 AUTO_ORDER = ("websocket", "sse", "polling")
 
 
+class Welcomed(Transport):
+    """A transport whose first message ``auto`` already read (to see a ``welcome``).
+
+    Everything but :meth:`messages` is the wrapped transport's; ``messages()``
+    yields the kept message first, then the rest of the same stream.
+    """
+
+    def __init__(self, inner: Transport, stream: AsyncIterator[dict[str, Any]],
+                 first: dict[str, Any]) -> None:
+        self.inner = inner
+        self.stream = stream
+        self.first = first
+        self.name = inner.name
+
+    @property
+    def close_code(self) -> int | None:  # type: ignore[override]
+        return self.inner.close_code
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        yield self.first
+        async for msg in self.stream:
+            yield msg
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        await self.inner.send(msg)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def drain(self) -> None:
+        self.inner.drain()
+
+    def drop(self) -> None:
+        self.inner.drop()
+
+
+async def _open_welcomed(opener: Opener, http: aiohttp.ClientSession, url: str, *,
+                         codec: str, token: str | None, welcome_timeout: float) -> Transport:
+    """Open and wait for ``welcome``: a proxy that accepts the handshake and then
+    passes nothing (a buffering proxy in front of SSE, say) counts as a failure."""
+    transport = await opener(http, url, codec=codec, token=token)
+    stream = transport.messages()
+    try:
+        first = await asyncio.wait_for(anext(stream), welcome_timeout)
+    except BaseException:
+        transport.abort()
+        raise
+    if first.get("type") != "welcome":
+        transport.abort()
+        raise ConnectionError(f"{transport.name}: first message was {first.get('type')!r}, "
+                              "not welcome")
+    return Welcomed(transport, stream, first)
+
+
 async def make_transport(kind: str, http: aiohttp.ClientSession, url: str, *,
-                         codec: str = "json", token: str | None = None) -> Transport:
+                         codec: str = "json", token: str | None = None,
+                         welcome_timeout: float = 4.0) -> Transport:
+    """Open ``kind``; ``auto`` takes the first of :data:`AUTO_ORDER` that opens and
+    says ``welcome`` within ``welcome_timeout`` seconds (as the browser SDK does)."""
     if kind != "auto":
         return await TRANSPORTS[kind](http, url, codec=codec, token=token)
-    last: Exception | None = None
+    last: BaseException | None = None
     for name in AUTO_ORDER:
         opener = TRANSPORTS.get(name)
         if opener is None:
             continue
         try:
-            return await opener(http, url, codec=codec, token=token)
-        except Exception as exc:  # try the next, more conservative transport
+            return await _open_welcomed(opener, http, url, codec=codec, token=token,
+                                        welcome_timeout=welcome_timeout)
+        except (Exception, TimeoutError) as exc:  # try the next, more conservative transport
             last = exc
     raise ConnectionError(f"no transport could connect: {last}")
