@@ -90,6 +90,7 @@ class WebhookSender(HubObserver):
                  max_delay: float = 30.0, max_attempts: int = 12, timeout: float = 5.0) -> None:
         s = app.settings
         self.node = app.hub.node_id
+        self.cluster = app.cluster
         self.urls = list(s.webhook_url)
         self.secret = s.webhook_secret or s.api_key
         self.base_delay = base_delay
@@ -121,13 +122,20 @@ class WebhookSender(HubObserver):
                 if self.stats["dropped"] in (1, 10, 100) or self.stats["dropped"] % 1000 == 0:
                     log.warning("webhook queue full; %d events dropped", self.stats["dropped"])
 
+    # In a cluster a room starts and finishes once for all nodes (the broker
+    # decides which node reports it: Cluster.first_join / room_finished); the
+    # node's own Room object would fire once per node that has members.
     def room_created(self, room: Room) -> None:
-        self.emit("room_started", roomId=room.id)
+        if self.cluster is None:
+            self.emit("room_started", roomId=room.id)
 
     def room_closed(self, room: Room) -> None:
-        self.emit("room_finished", roomId=room.id)
+        if self.cluster is None:
+            self.emit("room_finished", roomId=room.id)
 
     def member_joined(self, room: Room, member: Member, rejoined: bool) -> None:
+        if self.cluster is not None and self.cluster.first_join(room.id, member.session.id):
+            self.emit("room_started", roomId=room.id)
         self.emit("user_joined", roomId=room.id, userId=member.user_id,
                   displayName=member.display_name, sessionId=member.session.id,
                   rejoined=True if rejoined else None)
@@ -283,6 +291,10 @@ def setup_webhooks(app: RtcHub) -> None:
     app.services.append(sender)
     if sender.urls:
         app.hub.observers.append(sender)
+        if app.cluster is not None:
+            app.cluster.track_first = True
+            app.cluster.room_finished.append(
+                lambda room_id: sender.emit("room_finished", roomId=room_id))
     app.join_hook = None
     if app.settings.join_hook_url:
         hook = JoinHook(app)

@@ -621,3 +621,35 @@ async def test_server_api_acts_on_the_whole_cluster(nodes: Any, peers: Any) -> N
             assert (await resp.json())["disconnected"] == 0
         async with http.get(f"{api}/rooms/no-such-room") as resp:
             assert resp.status == 404
+
+
+async def test_room_webhooks_fire_once_for_the_whole_cluster(nodes: Any, peers: Any) -> None:
+    """room_started / room_finished once per room, not once per node with members."""
+    from tests.test_webhooks import SECRET, Receiver
+
+    rx = await Receiver().start()
+    try:
+        apps = await nodes(3, webhook_url=[rx.url], webhook_secret=SECRET)
+        room = room_name()
+        people = [await peers(app, f"p{i}") for i, app in enumerate(apps)]
+        for i, p in enumerate(people):
+            await p.join(room, f"u{i}")
+        await people[0].wait("user-joined", userId="u2")
+        for p in people:
+            await p.send({"type": "leave", "roomId": room})
+        await eventually(lambda: [e["event"] for e in rx.events].count("room_finished") == 1)
+        await asyncio.sleep(0.5)  # nothing more arrives
+        mine = [e for e in rx.events if e["roomId"] == room]
+        kinds = [e["event"] for e in mine]
+        assert kinds.count("room_started") == 1 and kinds.count("room_finished") == 1, kinds
+        assert kinds.count("user_joined") == 3 and kinds.count("user_left") == 3, kinds
+        assert kinds[0] == "room_started" and kinds[-1] == "room_finished", kinds
+        # The room started on the first joiner's node; a new life starts it again.
+        assert mine[0]["node"] == apps[0].hub.node_id
+        ack = await people[1].request({"type": "join", "roomId": room, "userId": "u1", "id": "again"})
+        assert ack["type"] == "ack", ack
+        await eventually(lambda: [e["event"] for e in rx.events].count("room_started") == 2)
+        assert rx.events[-1]["event"] == "user_joined" and rx.events[-2]["node"] == apps[1].hub.node_id
+        assert rx.bad_signatures == 0
+    finally:
+        await rx.stop()

@@ -111,8 +111,11 @@ class Broker:
         """The nodes of ``nodes`` whose heartbeat key exists."""
         raise NotImplementedError
 
-    async def run(self, ops: list[Op]) -> None:
-        """Execute ``ops`` in order, in one round trip when the engine can."""
+    async def run(self, ops: list[Op]) -> list[str]:
+        """Execute ``ops`` in order, in one round trip when the engine can.
+
+        Returns the rooms whose last seat one of the ``release`` ops removed.
+        """
         raise NotImplementedError
 
     async def request(self, node: str, payload: bytes) -> int:

@@ -141,6 +141,15 @@ class Cluster(HubObserver):
         #: (messages in order; returns how many were accepted). The HTTP transports
         #: replace it with their own (rtchub.transports.http_common.receive_all).
         self.receive_batch: Any = self._receive_batch
+        #: Cluster-wide room lifecycle, for the webhooks (a node's own Room objects
+        #: come and go with its local members, so they would fire once per node):
+        #: a room starts with the claim that takes its first seat (``first_joins``,
+        #: filled only while ``track_first``) and finishes with the release that
+        #: removes its last one (``room_finished`` callbacks). Both are decided
+        #: atomically by the broker, so exactly one node reports each.
+        self.track_first = False
+        self.first_joins: set[tuple[str, str]] = set()
+        self.room_finished: list[Any] = []
         #: How a ``POST /close`` forwarded from another node ends a session (set by
         #: the HTTP transports; the default detaches it cleanly).
         self.close_session: Any = lambda s: self.hub.detach(s, clean=True)
@@ -325,7 +334,10 @@ class Cluster(HubObserver):
             if not ops:
                 continue
             try:
-                await self.broker.run(ops)
+                emptied = await self.broker.run(ops)
+                for room_id in emptied:
+                    for callback in self.room_finished:
+                        callback(room_id)
             except BrokerDown as exc:
                 # Retried after the reconnect: commands are idempotent, and a publish
                 # that got through before the failure is dropped by its receiver
@@ -645,6 +657,8 @@ class Cluster(HubObserver):
             return
         self.jv[(room_id, session.id)] = res.version
         self.jv_user[(room_id, uid)] = res.version
+        if self.track_first and res.replaced is None and list(res.members) == [uid]:
+            self.first_joins.add((room_id, session.id))
         rep = res.replaced
         if rep is not None:
             self.replaced[key] = (rep["s"], rep["n"])
@@ -674,9 +688,18 @@ class Cluster(HubObserver):
         self._abandon(key)
         self.jv.pop((req.room_id, session.id), None)
         self.replaced.pop(key, None)
+        self.first_joins.discard((req.room_id, session.id))
         with contextlib.suppress(BrokerDown):
             await self.broker.unclaim(req.room_id, req.user_id, session.id, rep)
         self._gc_room(req.room_id)
+
+    def first_join(self, room_id: str, sid: str) -> bool:
+        """Whether this member's claim took the room's first seat (asked once)."""
+        try:
+            self.first_joins.remove((room_id, sid))
+        except KeyError:
+            return False
+        return True
 
     def _abandon(self, key: tuple[str, str]) -> None:
         if self.pending.pop(key, None) is not None:

@@ -89,8 +89,9 @@ class MemoryBroker(Broker):
     async def alive(self, nodes: set[str]) -> set[str]:
         return {n for n in nodes if self.bus.node_alive(n)}
 
-    async def run(self, ops: list[Op]) -> None:
+    async def run(self, ops: list[Op]) -> list[str]:
         bus = self.bus
+        emptied: list[str] = []
         for op in ops:
             kind = op[0]
             if kind == "send":
@@ -112,6 +113,7 @@ class MemoryBroker(Broker):
                     del bus.rooms[room][uid]
                     if not bus.rooms[room]:
                         del bus.rooms[room]
+                        emptied.append(room)
             elif kind == "conn":
                 _, room, uid, sid, conn = op
                 if self._holder(room, uid) == sid:
@@ -125,6 +127,7 @@ class MemoryBroker(Broker):
             elif kind == "version":
                 bus.version = max(bus.version, op[1])
             # "touch": nothing expires here but node keys.
+        return emptied
 
     def _holder(self, room: str, uid: str) -> str | None:
         raw = self.bus.rooms.get(room, {}).get(uid)

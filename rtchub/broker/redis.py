@@ -66,10 +66,16 @@ if ARGV[5] ~= '' then redis.call('HSET', rk, ARGV[3], ARGV[5]) else redis.call('
 return 1
 """
 
+# 2 when this release removed the room's last seat: exactly one release ends a
+# room however many nodes release at once (the room_finished webhook).
 _RELEASE = """
 local rk = ARGV[1] .. 'r:' .. ARGV[2]
 local cur = redis.call('HGET', rk, ARGV[3])
-if cur and cjson.decode(cur).s == ARGV[4] then redis.call('HDEL', rk, ARGV[3]) return 1 end
+if cur and cjson.decode(cur).s == ARGV[4] then
+  redis.call('HDEL', rk, ARGV[3])
+  if redis.call('EXISTS', rk) == 0 then return 2 end
+  return 1
+end
 return 0
 """
 
@@ -320,9 +326,9 @@ class RedisBroker(Broker):
             raise BrokerDown(str(exc)) from exc
         return {n for n, hit in zip(order, found, strict=True) if hit}
 
-    async def run(self, ops: list[Op]) -> None:
+    async def run(self, ops: list[Op]) -> list[str]:
         if not ops:
-            return
+            return []
         if not self.sha:
             raise BrokerDown("scripts not loaded")
         pfx = self.p
@@ -330,6 +336,7 @@ class RedisBroker(Broker):
         try:
             async with self.r.pipeline(transaction=False) as p:
                 mirrors: list[Any] = []
+                releases: list[tuple[int, str]] = []  # (index of its reply, room)
                 mirror_args: tuple[int, int] = (0, 0)
                 for op in ops:
                     kind = op[0]
@@ -354,6 +361,7 @@ class RedisBroker(Broker):
                     elif kind == "drop":
                         p.delete(f"{pfx}s:{op[1]}", f"{pfx}b:{op[1]}", f"{pfx}i:{op[1]}")
                     elif kind == "release":
+                        releases.append((len(p.command_stack), op[1]))
                         p.evalsha(sha["release"], 0, pfx, op[1], op[2], op[3])
                     elif kind == "conn":
                         p.evalsha(sha["conn"], 0, pfx, op[1], op[2], op[3], 1 if op[4] else 0)
@@ -388,6 +396,7 @@ class RedisBroker(Broker):
                 raise BrokerDown("scripts were flushed")
             if isinstance(res, Exception):
                 log.warning("broker op failed: %r", res)
+        return [room for i, room in releases if results[i] == 2]
 
     def _mirror(self, p: Any, batch: list[Any], max_entries: int, ttl: int) -> None:
         """Queue one ``_MIRROR`` call for ``batch`` (sid, seq, entries, ...) on pipeline ``p``."""
