@@ -341,3 +341,15 @@ def test_relayed_outgoing_reads_type_from_the_head_and_decodes_on_demand() -> No
     hub.send(session, Outgoing.relayed(body))
     assert sink.last()["type"] == "candidate" and sink.last()["seq"] == 1
     assert hub.sent["candidate"] == 1
+
+
+def test_session_ids_are_random_url_safe_and_fresh_after_the_pool_refills() -> None:
+    from rtchub.core import ids
+
+    made = [ids.session_id() for _ in range(2000)]  # crosses several 4 KiB draws
+    assert len(set(made)) == len(made)
+    assert all(len(s) == 16 and s.replace("-", "").replace("_", "").isalnum() for s in made)
+    # What a session gets.
+    hub = Hub(Settings())
+    a, b = hub.open(FakeSink()), hub.open(FakeSink())
+    assert a.id != b.id and len(a.id) == 16

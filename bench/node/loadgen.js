@@ -216,9 +216,19 @@ function open(i) {
   return c;
 }
 
+const ROOM_INFO = '"room-info"';
+const ERROR_TYPE = '"error"';
+
 function onMessage(c, buf) {
   {
     if (buf.indexOf(T_KEY) >= 0) { if (onBulk) onBulk(c, buf); return; }
+    // Parse only what the client acts on (a room-info it waits for, an error):
+    // JSON.parse of every welcome, user-joined or pong made the load client the
+    // join-storm's bottleneck (80-90 % of its core), penalising the server that
+    // says more per join.
+    if (c.joined || buf.indexOf(ROOM_INFO) < 0) {
+      if (buf.indexOf(ERROR_TYPE) < 0) return;
+    }
     let msg;
     try { msg = JSON.parse(buf); } catch (e) { errors++; return; }
     if (msg.type === 'room-info' && !c.joined) {

@@ -20,6 +20,7 @@ from typing import Any
 from orjson import JSONEncodeError
 
 from rtchub import SERVER_NAME, __version__
+from rtchub.core.ids import session_id
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.ratelimit import TokenBucket
 from rtchub.core.room import Member, Room
@@ -117,7 +118,7 @@ class Hub:
              display_name: str | None = None, claims: dict[str, Any] | None = None) -> Session:
         """A new transport connection opened: make its session and say ``welcome``."""
         now = self.clock()
-        session = Session(secrets.token_urlsafe(12), sink, now)
+        session = Session(session_id(), sink, now)
         session.node = self.node_id
         if user_id is not None:
             session.user_id = user_id
