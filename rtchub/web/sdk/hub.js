@@ -574,14 +574,23 @@ export class RtcHub extends Emitter {
       t.close(1000, 'probe not needed');
       return;
     }
-    // Switch: the old transport goes quietly (its session waits in the grace
-    // period), the probe resumes it with everything the old one missed.
-    old.close(4000, 'switching transport');
-    clearInterval(this._timers.heartbeat);
-    this._t = t;
-    this._writable = false;
-    t.probe = false;
-    this._onMessage(t, msg);
+    // Switch: the old transport finishes what it has in flight (a late poll
+    // would take the session back), then goes quietly (its session waits in
+    // the grace period) and the probe resumes it with everything the old one
+    // missed. The probe's own fresh session is left unused meanwhile.
+    const drained = Promise.race([old.drain(), new Promise((r) => setTimeout(r, this.options.welcomeTimeoutMs))]);
+    drained.then(() => {
+      if (this._t !== old || !this.online || this._closedByUser || t.closed) {
+        t.close(1000, 'probe not needed');
+        return;
+      }
+      old.close(4000, 'switching transport');
+      clearInterval(this._timers.heartbeat);
+      this._t = t;
+      this._writable = false;
+      t.probe = false;
+      this._onMessage(t, msg);
+    });
   }
 
   _failAll(err) {

@@ -76,6 +76,14 @@ class BaseTransport {
     this._teardown(code, reason);
   }
 
+  /**
+   * Finish what is in flight without starting anything new, before another
+   * transport resumes this session (RtcHub switching up). Resolves when done.
+   */
+  drain() {
+    return Promise.resolve();
+  }
+
   _teardown() {}
 }
 
@@ -295,6 +303,27 @@ export class PollingTransport extends HttpTransport {
     this.after = -1;
     this.timeout = opts.pollTimeout ?? 25;
     this.abort = new AbortController();
+    this.draining = null; // {promise, resolve} while drain() waits for the loop
+    this.polling = false;
+  }
+
+  /**
+   * A poll the browser already sent cannot be called back by aborting it: if
+   * it reaches the server after another transport resumed the session, the
+   * server takes that poll for a resume over polling (that is how polling
+   * resumes), moves the session back and closes the new transport with 4009.
+   * So the loop stops before its next poll, a `ping` makes the server answer
+   * the one in flight (its `pong`), and only then does the switch go on.
+   */
+  drain() {
+    if (this.closed || !this.polling) return Promise.resolve();
+    if (!this.draining) {
+      let resolve;
+      const promise = new Promise((r) => { resolve = r; });
+      this.draining = { promise, resolve };
+      this.up.push({ type: 'ping' });
+    }
+    return this.draining.promise;
   }
 
   /**
@@ -351,7 +380,17 @@ export class PollingTransport extends HttpTransport {
   }
 
   async _loop(resuming = false) {
-    while (!this.closed) {
+    this.polling = true;
+    try {
+      await this._polls(resuming);
+    } finally {
+      this.polling = false;
+      if (this.draining) this.draining.resolve();
+    }
+  }
+
+  async _polls(resuming) {
+    while (!this.closed && !this.draining) {
       // The resuming poll must not hang for a long-poll's length.
       const params = { session: this.sessionId, timeout: resuming ? 0 : this.timeout };
       if (this.after >= 0) params.after = this.after;
