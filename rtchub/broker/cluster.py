@@ -970,6 +970,23 @@ class Cluster(HubObserver):
         ``202`` keeps its order whichever nodes its requests reach. None when no
         live node holds ``sid`` (the caller says ``session-expired``).
         """
+        accepted = await self._ask_owner("s", sid, orjson.dumps(msgs))
+        return accepted if accepted is not None and accepted >= 0 else None
+
+    async def forward_close(self, sid: str) -> bool:
+        """``POST /close`` for a session another node holds: that node ends it.
+
+        False when no live node holds ``sid`` (the caller says ``session-expired``).
+        """
+        closed = await self._ask_owner("c", sid)
+        return closed is not None and closed > 0
+
+    async def _ask_owner(self, kind: str, sid: str, *args: Any) -> int | None:
+        """Op ``[kind, sid, this node, request id, *args]`` to the node holding ``sid``.
+
+        Returns its answer (an ``S``/``C`` op), or None when no live node holds
+        ``sid``, the broker is down, or no answer came within HANDOVER_TIMEOUT.
+        """
         if not self.ready:
             return None
         reqid = secrets.token_hex(6)
@@ -978,11 +995,9 @@ class Cluster(HubObserver):
             owner = await self.broker.owner(sid)
             if not owner or owner == self.node:
                 return None
-            payload = msgpack.packb([["s", sid, self.node, reqid, orjson.dumps(msgs)]])
-            if not await self.broker.request(owner, payload):
+            if not await self.broker.request(owner, msgpack.packb([[kind, sid, self.node, reqid, *args]])):
                 return None  # its node is dead: the client resumes its stream elsewhere
-            accepted = await asyncio.wait_for(fut, HANDOVER_TIMEOUT)
-            return accepted if accepted >= 0 else None
+            return await asyncio.wait_for(fut, HANDOVER_TIMEOUT)
         except TimeoutError:
             return None
         except BrokerDown as exc:
@@ -991,42 +1006,25 @@ class Cluster(HubObserver):
         finally:
             self.forwards.pop(reqid, None)
 
-    async def forward_close(self, sid: str) -> bool:
-        """``POST /close`` for a session another node holds: that node ends it.
-
-        False when no live node holds ``sid`` (the caller says ``session-expired``).
-        """
-        if not self.ready:
-            return False
-        reqid = secrets.token_hex(6)
-        fut = self.forwards[reqid] = asyncio.get_running_loop().create_future()
-        try:
-            owner = await self.broker.owner(sid)
-            if not owner or owner == self.node:
-                return False
-            if not await self.broker.request(owner, msgpack.packb([["c", sid, self.node, reqid]])):
-                return False
-            return await asyncio.wait_for(fut, HANDOVER_TIMEOUT) > 0
-        except TimeoutError:
-            return False
-        except BrokerDown as exc:
-            self._down(exc)
-            return False
-        finally:
-            self.forwards.pop(reqid, None)
+    def _owned(self, op: list[Any], answer: str) -> Session | None:
+        """The live local session an ``_ask_owner`` op is for; else None, once the
+        op went on to the session's new node or ``answer`` -1 went back."""
+        sid, from_node, reqid = op[1], op[2], op[3]
+        s = self.hub.sessions.get(sid)
+        if s is not None and not s.ended:
+            return s
+        moved = self.moved.get(sid)
+        if moved is not None and moved[0] != from_node:
+            self._emit({moved[0]}, op)  # handed over meanwhile: its new node answers
+        else:
+            self._emit({from_node}, [answer, reqid, -1])
+        return None
 
     def _op_close(self, op: list[Any]) -> None:
-        _, sid, from_node, reqid = op
-        s = self.hub.sessions.get(sid)
-        if s is None or s.ended:
-            moved = self.moved.get(sid)
-            if moved is not None and moved[0] != from_node:
-                self._emit({moved[0]}, op)  # handed over meanwhile: its new node answers
-            else:
-                self._emit({from_node}, ["C", reqid, -1])
-            return
-        self.close_session(s)
-        self._emit({from_node}, ["C", reqid, 1])
+        s = self._owned(op, "C")
+        if s is not None:
+            self.close_session(s)
+            self._emit({op[2]}, ["C", op[3], 1])
 
     def _receive_batch(self, session: Session, msgs: list[Any]) -> int:
         accepted = 0
@@ -1038,20 +1036,15 @@ class Cluster(HubObserver):
         return accepted
 
     def _op_receive(self, op: list[Any]) -> None:
-        _, sid, from_node, reqid, body = op
-        s = self.hub.sessions.get(sid)
-        if s is None or s.ended:
-            moved = self.moved.get(sid)
-            if moved is not None and moved[0] != from_node:
-                self._emit({moved[0]}, op)  # handed over meanwhile: its new node answers
-            else:
-                self._emit({from_node}, ["S", reqid, -1])
+        s = self._owned(op, "S")
+        if s is None:
             return
+        body = op[4]
         if isinstance(body, str):
             body = body.encode()
         accepted = self.receive_batch(s, orjson.loads(body))
         # Queued after what those messages sent to ``from_node``'s sessions.
-        self._emit({from_node}, ["S", reqid, accepted])
+        self._emit({op[2]}, ["S", op[3], accepted])
 
     def _op_received(self, op: list[Any]) -> None:
         fut = self.forwards.get(op[1])

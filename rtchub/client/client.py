@@ -156,15 +156,19 @@ class Client:
         transport = await make_transport(self.transport_kind, self._http, self.url,
                                          codec=self.codec, token=self.token,
                                          welcome_timeout=WELCOME_TIMEOUT)
+        self._use(transport)
+        self._reader = loop.create_task(self._read(transport))
+        welcome = await self._welcome
+        return welcome
+
+    def _use(self, transport: Transport) -> None:
+        """Make ``transport`` the one sends go to, with a fresh ordered write queue."""
         self._transport = transport
         self.transport_name = transport.name
         if self._writer is not None:
             self._writer.cancel()
         self._outq = asyncio.Queue()
-        self._writer = loop.create_task(self._write_loop(transport, self._outq))
-        self._reader = loop.create_task(self._read(transport))
-        welcome = await self._welcome
-        return welcome
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop(transport, self._outq))
 
     async def close(self) -> None:
         """Close cleanly (code 1000): the server ends the session at once."""
@@ -380,12 +384,7 @@ class Client:
         old = self._transport
         loop = asyncio.get_running_loop()
         self._connected.clear()
-        self._transport = transport
-        self.transport_name = transport.name
-        if self._writer is not None:
-            self._writer.cancel()
-        self._outq = asyncio.Queue()
-        self._writer = loop.create_task(self._write_loop(transport, self._outq))
+        self._use(transport)
         self._handle(welcome)  # the probe's own session, adopted if the resume fails
         self._send_resume()
         self._reader = loop.create_task(self._read(transport, messages))

@@ -123,11 +123,8 @@ async def test_explicit_transports_and_msgpack_in_one_room(make_e2e_server: Any,
     open_page.check()
 
 
-async def test_probes_back_up_to_websocket(make_e2e_server: Any, open_page: Any) -> None:
-    """Once WebSocket gets through again, the SDK moves the session back onto it."""
-    app = await make_e2e_server()
-    page = await open_page(app.url + "/t/p", name="p")
-    other = await open_page(app.url + "/t/q", name="q")
+async def block_websocket(page: Any) -> dict[str, bool]:
+    """Refuse the page's WebSocket connections while the returned ``["on"]`` is true."""
     blocked = {"on": True}
 
     async def gate(ws: Any) -> None:
@@ -137,6 +134,15 @@ async def test_probes_back_up_to_websocket(make_e2e_server: Any, open_page: Any)
             ws.connect_to_server()
 
     await page.route_web_socket(WS, gate)
+    return blocked
+
+
+async def test_probes_back_up_to_websocket(make_e2e_server: Any, open_page: Any) -> None:
+    """Once WebSocket gets through again, the SDK moves the session back onto it."""
+    app = await make_e2e_server()
+    page = await open_page(app.url + "/t/p", name="p")
+    other = await open_page(app.url + "/t/q", name="q")
+    blocked = await block_websocket(page)
     open_page.allow_network_errors = True
     info = await page.evaluate("() => T.connect({probeIntervalMs: 1000})")
     assert info["transport"] == "sse"
@@ -167,15 +173,7 @@ async def test_probe_up_from_polling_under_traffic_loses_nothing(make_e2e_server
     app = await make_e2e_server(max_msg_rate=0)
     page = await open_page(app.url + "/t/p", name="p")
     other = await open_page(app.url + "/t/q", name="q")
-    blocked = {"on": True}
-
-    async def gate(ws: Any) -> None:
-        if blocked["on"]:
-            await ws.close(code=1011, reason="blocked by the test")
-        else:
-            ws.connect_to_server()
-
-    await page.route_web_socket(WS, gate)
+    blocked = await block_websocket(page)
     await page.route(re.compile(r"/sse(\?|$)"), lambda route: route.abort())
 
     open_page.allow_network_errors = True
