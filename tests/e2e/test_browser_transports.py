@@ -123,7 +123,7 @@ async def test_explicit_transports_and_msgpack_in_one_room(make_e2e_server: Any,
     open_page.check()
 
 
-async def block_websocket(page: Any) -> dict[str, bool]:
+async def gate_websocket(page: Any) -> dict[str, bool]:
     """Refuse the page's WebSocket connections while the returned ``["on"]`` is true."""
     blocked = {"on": True}
 
@@ -142,7 +142,7 @@ async def test_probes_back_up_to_websocket(make_e2e_server: Any, open_page: Any)
     app = await make_e2e_server()
     page = await open_page(app.url + "/t/p", name="p")
     other = await open_page(app.url + "/t/q", name="q")
-    blocked = await block_websocket(page)
+    blocked = await gate_websocket(page)
     open_page.allow_network_errors = True
     info = await page.evaluate("() => T.connect({probeIntervalMs: 1000})")
     assert info["transport"] == "sse"
@@ -173,8 +173,8 @@ async def test_probe_up_from_polling_under_traffic_loses_nothing(make_e2e_server
     app = await make_e2e_server(max_msg_rate=0)
     page = await open_page(app.url + "/t/p", name="p")
     other = await open_page(app.url + "/t/q", name="q")
-    blocked = await block_websocket(page)
-    await page.route(re.compile(r"/sse(\?|$)"), lambda route: route.abort())
+    blocked = await gate_websocket(page)
+    await block_sse(page)
 
     open_page.allow_network_errors = True
     info = await page.evaluate("() => T.connect({probeIntervalMs: 700})")
