@@ -645,6 +645,7 @@ async function main() {
     userId: app.me.userId,
   });
   app.hub = hub;
+  conn.onRetry = () => hub.reconnectNow();
   hub.on('state', (s) => {
     conn.set(s);
     if (s.state === 'rejoined') log.system('Reconnected to the room');

@@ -92,6 +92,7 @@ async function main() {
 
   const hub = new RtcHub({ transport: params.get('transport') || 'auto', token: params.get('token') || undefined });
   window.rtchubDemo = { hub, room, me, members };
+  conn.onRetry = () => hub.reconnectNow();
 
   hub.on('state', (s) => {
     conn.set(s);

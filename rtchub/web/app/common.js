@@ -236,10 +236,11 @@ const STATE_LABEL = {
  * attempt (from the event's delayMs), so a person knows the page is trying.
  */
 export class ConnectionView {
-  constructor({ pill, banners, onBack }) {
+  constructor({ pill, banners, onBack, onRetry }) {
     this.pill = pill;
     this.banners = banners;
     this.onBack = onBack;
+    this.onRetry = onRetry; // "Retry now" in the countdown banner (hub.reconnectNow)
     this.state = 'connecting';
     this.timer = null;
     this.deadline = 0;
@@ -288,7 +289,11 @@ export class ConnectionView {
       ? `Can't reach the server. Reconnecting in ${left} s… (attempt ${this.attempt})`
       : `Can't reach the server. Reconnecting now… (attempt ${this.attempt})`;
     if (!this.banners.items.has('connection')) {
-      this.banners.show('connection', { kind: 'warn', iconName: 'offline', text });
+      const actions = this.onRetry
+        ? [el('button', { class: 'btn btn-sm', type: 'button', dataset: { action: 'retry' },
+          onclick: () => this.onRetry() }, 'Retry now')]
+        : [];
+      this.banners.show('connection', { kind: 'warn', iconName: 'offline', text, actions });
     } else {
       this.banners.items.get('connection').className = 'banner warn';
       this.banners.text('connection', text);

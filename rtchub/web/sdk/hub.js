@@ -112,6 +112,16 @@ export class RtcHub extends Emitter {
 
   // ------------------------------------------------------------------ public
 
+  /**
+   * While waiting out a reconnect backoff, try now (a "Retry now" button; the
+   * browser's `online` event does the same). Returns whether an attempt started.
+   */
+  reconnectNow() {
+    const waiting = Boolean(this._timers.reconnect);
+    this._onOnline();
+    return waiting;
+  }
+
   /** Connect (or keep reconnecting) until the first `welcome`. */
   connect() {
     if (this.online) return Promise.resolve(this);
