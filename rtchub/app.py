@@ -173,7 +173,7 @@ class RtcHub:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: PortMux(self._route, ws_factory, http_factory,
-                            admit=self.gatekeeper.limits.admit_connection),
+                            admit=self.gatekeeper.limits.admit_connection, loop=loop),
             host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]
         self.liveness.start()

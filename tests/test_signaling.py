@@ -331,3 +331,29 @@ async def test_concurrency_500_clients_250_rooms(make_server: Any) -> None:
         assert kinds == sorted((["answer"] if user[0] == "b" else ["offer"]) + ["candidate"] * n_cand)
         assert sorted(m["candidate"] for m in msgs if m["type"] == "candidate") == \
             [f"{other}-{i}" for i in range(n_cand)]
+
+
+async def test_picows_connection_log_gets_the_real_socket_when_enabled(
+        server: RtcHub, caplog: pytest.LogCaptureFixture) -> None:
+    """With picows' INFO log off its per-connection socket reads are skipped
+    (rtchub.transports.coalesce._QuietSocket); turned on, it logs real values."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="picows.server"):
+        a = await joined(server, "logged", "ann")
+        b = await joined(server, "logged", "bob")
+        await a.expect("user-joined")
+        await b.send({"type": "message", "roomId": "logged", "data": 1})
+        assert (await a.expect("message"))["data"] == 1
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("picows")]
+    accepted = [line for line in lines if line.startswith("New connection accepted")]
+    assert len(accepted) >= 2, lines
+    # Real kernel buffer sizes, not the quiet stand-in's zeros.
+    assert "recvbuf=0" not in accepted[0] and "127.0.0.1" in accepted[0], accepted[0]
+    await a.close()
+    await b.close()
+    # Off again: connections still work with the stand-in.
+    c = await joined(server, "quiet", "cid")
+    await c.send({"type": "ping"})
+    assert (await c.expect("pong"))["type"] == "pong"
+    await c.close()

@@ -67,13 +67,16 @@ def flusher_for(loop: asyncio.AbstractEventLoop) -> _Flusher:
 class CoalescingTransport:
     """An asyncio transport that batches the writes of one loop turn."""
 
-    __slots__ = ("_t", "_pending", "_size", "_flusher")
+    __slots__ = ("_t", "_pending", "_size", "_flusher", "_quiet")
 
     def __init__(self, transport: asyncio.Transport, flusher: _Flusher) -> None:
         self._t = transport
         self._pending: list[bytes] | None = None
         self._size = 0
         self._flusher = flusher
+        #: While picows' connection_made runs with its logger off: the socket it
+        #: is given (see _QuietSocket); None otherwise.
+        self._quiet: _QuietSocket | None = None
 
     # -- writing --------------------------------------------------------------------
     def write(self, data: Any) -> None:
@@ -125,9 +128,12 @@ class CoalescingTransport:
         return self._t.is_closing()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "socket" and not _PICOWS_LOG.isEnabledFor(logging.INFO):
-            sock = self._t.get_extra_info(name, default)
-            return _QuietSocket(sock) if sock is not None else sock
+        quiet = self._quiet
+        if quiet is not None:
+            if name == "socket":
+                return quiet
+            if name == "sockname":
+                return default  # read only for picows' (disabled) log line
         return self._t.get_extra_info(name, default)
 
     def can_write_eof(self) -> bool:
@@ -156,42 +162,68 @@ class CoalescingTransport:
 
 
 _PICOWS_LOG = logging.getLogger("picows.server")
+_SKIPPED_TCP_OPTIONS = frozenset(
+    {socket.TCP_NODELAY, *((socket.TCP_QUICKACK,) if hasattr(socket, "TCP_QUICKACK") else ())})
 
 
 class _QuietSocket:
     """The socket picows' ``connection_made`` sees, without its log-only syscalls.
 
-    picows sets TCP_NODELAY (uvloop already did, on every accepted socket) and
-    TCP_QUICKACK, then reads five socket options only to format an INFO log
-    line, eagerly, even when that logger is off. Under uvloop each of those
-    calls builds and detaches a temporary ``socket.socket``: ~7 objects and
-    syscalls per connection, ~5 % of a join storm's CPU. This stand-in makes
-    the QUICKACK call and answers the log-only reads with 0; it is used only
-    while ``picows.server`` does not log at INFO (then the real socket is given).
+    picows asks the transport for the socket twice and its address once, sets
+    TCP_NODELAY and TCP_QUICKACK, then reads five socket options only to
+    format an INFO log line, eagerly, even when that logger is off. Under
+    uvloop each of those is a syscall (and each option call builds and
+    detaches a temporary ``socket.socket``): ~11 per connection, ~8 % of a
+    join storm's CPU on this machine (``strace -c``). This stand-in is asked
+    for once per connection; the TCP options are skipped (uvloop sets
+    TCP_NODELAY on every accepted socket, and TCP_QUICKACK is not sticky,
+    tcp(7): the kernel leaves quick-ack mode on its own) and the log-only
+    reads answer 0. Used only while ``picows.server`` does not log at INFO;
+    with it on, picows gets the real socket.
     """
 
-    __slots__ = ("_sock",)
+    __slots__ = ("_sock", "_fd")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
+        self._fd = int(sock.fileno())
 
     def setsockopt(self, level: int, option: int, value: Any) -> None:
-        if not (level == socket.IPPROTO_TCP and option == socket.TCP_NODELAY):
+        if level != socket.IPPROTO_TCP or option not in _SKIPPED_TCP_OPTIONS:
             self._sock.setsockopt(level, option, value)
 
     def getsockopt(self, level: int, option: int, *args: Any) -> int:
         return 0
 
     def fileno(self) -> int:
-        return int(self._sock.fileno())
+        return self._fd
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
 
 class CoalescingWSProtocol(WSProtocol):
-    """picows' server protocol, writing through a :class:`CoalescingTransport`."""
+    """picows' server protocol, writing through a :class:`CoalescingTransport`.
+
+    ``bound_to(loop)`` makes a subclass that knows its loop's flusher, so a new
+    connection does not ask ``asyncio.get_running_loop()`` (a ``getpid(2)``
+    each, for fork safety).
+    """
+
+    _flusher: _Flusher | None = None
+
+    @classmethod
+    def bound_to(cls, loop: asyncio.AbstractEventLoop) -> type[CoalescingWSProtocol]:
+        return type(cls.__name__, (cls,), {"_flusher": flusher_for(loop)})
 
     def connection_made(self, transport: Any) -> None:
-        loop = asyncio.get_running_loop()
-        super().connection_made(CoalescingTransport(transport, flusher_for(loop)))
+        flusher = self._flusher or flusher_for(asyncio.get_running_loop())
+        wrapped = CoalescingTransport(transport, flusher)
+        if not _PICOWS_LOG.isEnabledFor(logging.INFO):
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                wrapped._quiet = _QuietSocket(sock)
+        try:
+            super().connection_made(wrapped)
+        finally:
+            wrapped._quiet = None

@@ -56,7 +56,11 @@ class PortMux(asyncio.Protocol):
                  make_ws: Callable[[asyncio.Transport], asyncio.BaseProtocol],
                  make_http: Callable[[], asyncio.BaseProtocol],
                  admit: Callable[[asyncio.Transport], int] | None = None,
-                 head_timeout: float = 10.0) -> None:
+                 head_timeout: float = 10.0,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        # The loop is passed in by the server: asyncio.get_running_loop() per
+        # connection would cost a getpid(2) each.
+        self._loop = loop
         self._route = route
         self._make_ws = make_ws
         self._make_http = make_http
@@ -78,8 +82,8 @@ class PortMux(asyncio.Protocol):
                 return
             self._refuse = verdict
         if self._head_timeout > 0:
-            self._timer = asyncio.get_running_loop().call_later(
-                self._head_timeout, transport.abort)
+            loop = self._loop or asyncio.get_running_loop()
+            self._timer = loop.call_later(self._head_timeout, transport.abort)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -151,10 +155,12 @@ def picows_protocol_factory(listener_factory: Callable[[Any, str], Any], *,
     # when given a Logger (an object kept for the connection's life: idle memory).
     logger = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
 
+    protocol = CoalescingWSProtocol.bound_to(asyncio.get_running_loop())
+
     def factory(transport: asyncio.Transport) -> asyncio.BaseProtocol:
         peername = transport.get_extra_info("peername")
         peer = peername[0] if peername else ""
-        return CoalescingWSProtocol(
+        return protocol(
             None, None, False, lambda request: listener_factory(request, peer), logger,
             True,        # disconnect_on_exception
             5.0,         # handshake timeout
