@@ -67,8 +67,9 @@ class SessionState:
 #: - ``("send", node, payload, inbox_ttl_ms)``: publish ``payload`` on ``node``'s channel; if
 #:   no node listens, every delivery op in it is rerouted to the session's
 #:   current node or put in the session's inbox (*atomic*).
-#: - ``("mirror", sid, entries, seq, max_entries, ttl_ms)``: append to the
-#:   session's buffer mirror, keep the last ``max_entries``, record ``seq``.
+#: - ``("mirror", [(sid, entries, seq), ...], max_entries, ttl_ms)``: for each
+#:   session, append to its buffer mirror, keep the last ``max_entries``,
+#:   record ``seq`` (one op per flush: an engine can do it in one call).
 #: - ``("meta", sid, fields, ttl_ms)``: write fields of the session record.
 #: - ``("drop", sid)``: forget the session (record, mirror, inbox).
 #: - ``("release", room, uid, sid)``: remove the directory entry if ``sid`` holds it.
@@ -163,10 +164,6 @@ class Broker:
 
     async def nodes(self) -> set[str]:
         """Every node whose heartbeat key exists."""
-        raise NotImplementedError
-
-    async def room_ids(self) -> list[str]:
-        """Every room that has a seat on some node, sorted."""
         raise NotImplementedError
 
 

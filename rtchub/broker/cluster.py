@@ -296,12 +296,13 @@ class Cluster(HubObserver):
                     rec = grouped[session.id] = (session, [])
                 rec[1].append(b"%d %s %s" % (seq, (did or "-").encode(), out.json))
             self.mirror.clear()
-            limit = self.settings.resume_buffer_messages
-            for sid, (session, entries) in grouped.items():
+            for sid, (session, _) in grouped.items():
                 if sid not in self.meta_known and not session.ended:
                     ops.append(("meta", sid, self._meta(session), self.ttl_ms))
                     self.meta_known.add(sid)
-                ops.append(("mirror", sid, entries, session.seq, limit, self.ttl_ms))
+            ops.append(("mirror", [(sid, entries, session.seq)
+                                   for sid, (session, entries) in grouped.items()],
+                        self.settings.resume_buffer_messages, self.ttl_ms))
         if self.cmds:
             ops.extend(self.cmds)
             self.cmds.clear()

@@ -97,11 +97,12 @@ class MemoryBroker(Broker):
             if kind == "send":
                 bus.forward(op[1], op[2])
             elif kind == "mirror":
-                _, sid, entries, seq, max_entries, _ttl = op
-                buf = bus.buffers.setdefault(sid, [])
-                buf.extend(entries)
-                del buf[:-max_entries]
-                bus.sessions.setdefault(sid, {})["seq"] = str(seq)
+                _, batch, max_entries, _ttl = op
+                for sid, entries, seq in batch:
+                    buf = bus.buffers.setdefault(sid, [])
+                    buf.extend(entries)
+                    del buf[:-max_entries]
+                    bus.sessions.setdefault(sid, {})["seq"] = str(seq)
             elif kind == "meta":
                 bus.sessions.setdefault(op[1], {}).update(op[2])
             elif kind == "drop":
@@ -144,9 +145,6 @@ class MemoryBroker(Broker):
 
     async def nodes(self) -> set[str]:
         return {n for n in self.bus.node_keys if self.bus.node_alive(n)}
-
-    async def room_ids(self) -> list[str]:
-        return sorted(r for r, seats in self.bus.rooms.items() if seats)
 
     async def claim(self, room: str, uid: str, sid: str, name: str,
                     max_members: int, ttl_ms: int) -> Claim:

@@ -335,25 +335,16 @@ class RedisBroker(Broker):
         sha = self.sha
         try:
             async with self.r.pipeline(transaction=False) as p:
-                mirrors: list[Any] = []
                 releases: list[tuple[int, str]] = []  # (index of its reply, room)
-                mirror_args: tuple[int, int] = (0, 0)
                 for op in ops:
                     kind = op[0]
-                    if mirrors and kind != "mirror":
-                        self._mirror(p, mirrors, *mirror_args)
-                        mirrors = []
                     if kind == "send":
                         p.evalsha(sha["forward"], 0, pfx, op[1], op[2], op[3] if len(op) > 3 else 60000)
                     elif kind == "mirror":
-                        # Ops are in the order that keeps them correct, and a
-                        # flush puts its mirrors first: collect consecutive ones.
-                        _, sid, entries, seq, max_entries, ttl = op
-                        if mirrors and mirror_args != (max_entries, ttl):
-                            self._mirror(p, mirrors, *mirror_args)
-                            mirrors = []
-                        mirrors += (sid, seq, entries)
-                        mirror_args = (max_entries, ttl)
+                        _, batch, max_entries, ttl = op
+                        flat = [x for sid, entries, seq in batch for x in (sid, seq, entries)]
+                        p.evalsha(sha["mirror"], 0, pfx, max_entries, ttl,
+                                  msgpack.packb(flat, use_bin_type=False))
                     elif kind == "meta":
                         sk = f"{pfx}s:{op[1]}"
                         p.hset(sk, mapping=op[2])
@@ -384,8 +375,6 @@ class RedisBroker(Broker):
                             p.pexpire(f"{pfx}r:{room}", ttl)
                     elif kind == "version":
                         p.evalsha(sha["version"], 0, pfx, op[1])
-                if mirrors:
-                    self._mirror(p, mirrors, *mirror_args)
                 results = await p.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self.connected = False
@@ -397,11 +386,6 @@ class RedisBroker(Broker):
             if isinstance(res, Exception):
                 log.warning("broker op failed: %r", res)
         return [room for i, room in releases if results[i] == 2]
-
-    def _mirror(self, p: Any, batch: list[Any], max_entries: int, ttl: int) -> None:
-        """Queue one ``_MIRROR`` call for ``batch`` (sid, seq, entries, ...) on pipeline ``p``."""
-        p.evalsha(self.sha["mirror"], 0, self.p, max_entries, ttl,
-                  msgpack.packb(batch, use_bin_type=False))
 
     async def request(self, node: str, payload: bytes) -> int:
         try:
@@ -416,19 +400,13 @@ class RedisBroker(Broker):
             raise BrokerDown(str(exc)) from exc
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
-    async def _scan(self, kind: str) -> list[str]:
-        """Names of the keys ``<prefix><kind>:*`` (SCAN: never blocks Redis like KEYS)."""
-        head = f"{self.p}{kind}:"
+    async def nodes(self) -> set[str]:
+        # SCAN, not KEYS: it never blocks Redis, however many keys there are.
+        head = f"{self.p}node:"
         try:
-            return [k.decode()[len(head):] async for k in self.r.scan_iter(match=head + "*", count=1000)]
+            return {k.decode()[len(head):] async for k in self.r.scan_iter(match=head + "*", count=1000)}
         except (RedisError, OSError) as exc:
             raise BrokerDown(str(exc)) from exc
-
-    async def nodes(self) -> set[str]:
-        return set(await self._scan("node"))
-
-    async def room_ids(self) -> list[str]:
-        return sorted(await self._scan("r"))
 
     async def claim(self, room: str, uid: str, sid: str, name: str,
                     max_members: int, ttl_ms: int) -> Claim:
