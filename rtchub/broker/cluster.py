@@ -252,9 +252,10 @@ class Cluster(HubObserver):
         if not self._kicked:
             self._kick()
 
-    def _forward_to(self, node: str, sid: str, room: str, minv: int, body: bytes,
+    def _forward_to(self, node: str, sids: list[str], room: str, minv: int, body: bytes,
                     did: str) -> None:
-        self.outq.setdefault(node, []).append(["d", room, minv, body, did, sid])
+        """A delivery op for ``node``'s sessions ``sids``, queued after everything before it."""
+        self.outq.setdefault(node, []).append(["d", room, minv, body, did, *sids])
         self._last.pop(node, None)
         self._kick()
 
@@ -384,7 +385,7 @@ class Cluster(HubObserver):
                 return
             moved = self.moved.get(sid)
             if moved is not None and did is not None:
-                self._forward_to(moved[0], sid, room, minv, out.json, did)
+                self._forward_to(moved[0], [sid], room, minv, out.json, did)
             return
         if room:
             if room not in s.rooms:
@@ -877,7 +878,7 @@ class Cluster(HubObserver):
     def _op_replay(self, op: list[Any]) -> None:
         _, sid, to_node, reqid = op
         for _t, did, room, minv, body in self.retained.get(sid, ()):
-            self._forward_to(to_node, sid, room, minv, body, did)
+            self._forward_to(to_node, [sid], room, minv, body, did)
         self._emit({to_node}, ["R", reqid])
 
     def _op_replayed(self, op: list[Any]) -> None:
@@ -990,13 +991,24 @@ class Cluster(HubObserver):
         """
         if not self.ready:
             return None
+        try:
+            owner = await self.broker.owner(sid)
+        except BrokerDown as exc:
+            self._down(exc)
+            return None
+        if not owner or owner == self.node:
+            return None
+        return await self._ask(owner, kind, sid, *args)
+
+    async def _ask(self, node: str, kind: str, key: str, *args: Any) -> int | None:
+        """Op ``[kind, key, this node, request id, *args]`` to ``node``; its numeric
+        answer (an op ``[answer kind, request id, n]``, see :meth:`_op_received`),
+        or None when the node is gone, the broker is down or no answer came
+        within HANDOVER_TIMEOUT."""
         reqid = secrets.token_hex(6)
         fut = self.forwards[reqid] = asyncio.get_running_loop().create_future()
         try:
-            owner = await self.broker.owner(sid)
-            if not owner or owner == self.node:
-                return None
-            if not await self.broker.request(owner, msgpack.packb([[kind, sid, self.node, reqid, *args]])):
+            if not await self.broker.request(node, msgpack.packb([[kind, key, self.node, reqid, *args]])):
                 return None  # its node is dead: the client resumes its stream elsewhere
             return await asyncio.wait_for(fut, HANDOVER_TIMEOUT)
         except TimeoutError:
@@ -1083,15 +1095,10 @@ class Cluster(HubObserver):
                     delivered += 1
             else:
                 by_node.setdefault(seat.get("n", ""), []).append(seat.get("s", ""))
-        body = out.json
         for node, sids in by_node.items():
             self.dseq += 1
-            self.outq.setdefault(node, []).append(
-                ["d", room_id, 0, body, f"{self.epoch}:{self.dseq}", *sids])
-            self._last.pop(node, None)
+            self._forward_to(node, sids, room_id, 0, out.json, f"{self.epoch}:{self.dseq}")
             delivered += len(sids)
-        if by_node:
-            self._kick()
         return delivered
 
     async def disconnect_user(self, user_id: str, reason: str, room_id: str | None) -> int:
@@ -1108,29 +1115,12 @@ class Cluster(HubObserver):
         except BrokerDown as exc:
             self._down(exc)
             return n
-        loop = asyncio.get_running_loop()
-        asks: list[tuple[str, asyncio.Future[int]]] = []
-        try:
-            for node in sorted(others):
-                reqid = secrets.token_hex(6)
-                fut = self.forwards[reqid] = loop.create_future()
-                payload = msgpack.packb([["k", user_id, reason, room_id or "", self.node, reqid]])
-                if await self.broker.request(node, payload):
-                    asks.append((reqid, fut))
-                else:
-                    self.forwards.pop(reqid, None)
-            if asks:
-                done, _ = await asyncio.wait([f for _, f in asks], timeout=HANDOVER_TIMEOUT)
-                n += sum(max(0, f.result()) for f in done)
-        except BrokerDown as exc:
-            self._down(exc)
-        finally:
-            for reqid, _ in asks:
-                self.forwards.pop(reqid, None)
-        return n
+        answers = await asyncio.gather(*(self._ask(node, "k", user_id, reason, room_id or "")
+                                         for node in sorted(others)))
+        return n + sum(a for a in answers if a is not None and a > 0)
 
     def _op_kick(self, op: list[Any]) -> None:
-        _, user_id, reason, room_id, from_node, reqid = op
+        _, user_id, from_node, reqid, reason, room_id = op
         n = self.hub.disconnect_user(user_id, reason, room_id or None)
         self._emit({from_node}, ["K", reqid, n])
 
