@@ -84,13 +84,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         log.warning("auth is 'none' and the server listens on %s: anyone who can reach it may "
                     "join any room. Use --auth jwt for anything but development.", settings.host)
     await app.start()
-    # Everything built so far (modules, routes, settings) lives as long as the
-    # process: out of the collector's sight, full collections scan only what
-    # connections create (the gc.freeze() recipe of the gc module's docs).
-    import gc
-
-    gc.collect()
-    gc.freeze()
+    _tune_gc()
     print(f"rtchub {__version__} serving on {app.url} (WebSocket {app.ws_url})", flush=True)
     await stop.wait()
     log.info("shutting down: closing clients with 1001")
@@ -109,9 +103,9 @@ def _install_uvloop() -> None:
 #: CPython's default (700, 10, 10) collects generation 0 after every 700 net
 #: container allocations. A join storm allocates sessions, members and
 #: messages that all live on, so it ran ~290 collections per 20,000 joins and
-#: spent ~35 % of the core's join time in them (``tools/gc_joins.py`` measures
-#: it with gc.callbacks); at (50,000, 20, 100) the
-#: same joins take 3 collections and ~25 % less CPU. Relaying allocates and
+#: spent ~30 % of the core's join time in them (``tools/gc_joins.py`` measures
+#: it with gc.callbacks); at (50,000, 20, 100) the same joins take 3
+#: collections and ~25 % less CPU. Relaying allocates and
 #: frees per message, so its net count barely moves and collections stay rare
 #: either way. Memory is not at risk: rtchub makes few reference cycles, and
 #: the ones it makes are still collected, only in larger batches.
@@ -119,9 +113,17 @@ GC_THRESHOLD = (50_000, 20, 100)
 
 
 def _tune_gc() -> None:
-    """Apply :data:`GC_THRESHOLD` to this process (the server's, not embedders')."""
+    """Tune this process's GC once the server has started (``rtchub serve`` only).
+
+    Everything built so far (modules, routes, settings) lives as long as the
+    process: frozen out of the collector's sight (the ``gc.freeze()`` recipe of
+    the gc module's docs), full collections scan only what connections create.
+    Then :data:`GC_THRESHOLD`.
+    """
     import gc
 
+    gc.collect()
+    gc.freeze()
     gc.set_threshold(*GC_THRESHOLD)
 
 
@@ -132,7 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         setup_logging(settings.log_level, settings.log_format)
         _install_uvloop()
-        _tune_gc()
         asyncio.run(serve(settings))
         return 0
     return SUBCOMMANDS[args.command][2](args)
