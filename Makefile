@@ -7,7 +7,8 @@ PORT ?= 8080
 # Debian packages the tests drive for real, as binary=package pairs: only the
 # packages whose binary is missing get installed (node may come from elsewhere).
 SYSTEM_DEPS := /usr/bin/chromium=chromium /usr/bin/redis-server=redis-server \
-	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm
+	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm \
+	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2
 
 .PHONY: run test test-fast bench lint docs system-deps clean
 
@@ -44,10 +45,10 @@ run: $(VENV)/.installed
 
 test: system-deps $(VENV)/.installed-test bench/node_modules/.installed
 	$(BIN)/ruff check rtchub tests
-	$(BIN)/python -m pytest -q -rfE
+	tools/netns-run $(BIN)/python -m pytest -q -rfE
 
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not e2e" -x
+	tools/netns-run $(BIN)/python -m pytest -q -m "not e2e" -x
 
 bench: system-deps $(VENV)/.installed-test bench/node_modules/.installed
 	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn); \

@@ -22,7 +22,10 @@ says which with ``allow_network_errors``).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import os
 import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -55,11 +58,40 @@ NETWORK_ERROR = re.compile(
     r"EventSource's response has a MIME type|ERR_CONNECTION_REFUSED")
 
 
+#: Where test media may go: loopback, or the veth pair of the namespace that
+#: tools/netns-run made for this run (10.77.0.0/24). Never the machine's eth0.
+PRIVATE_NETS = [ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128", "10.77.0.0/24")]
+
+
+def require_private_network() -> None:
+    """Fail unless this run is inside tools/netns-run's private namespace.
+
+    Outside it Chromium (and aioice, and Janus) gather the machine's real
+    addresses and test media would be sent on them; ``make test`` runs pytest
+    through tools/netns-run, and so must anyone running browser tests by hand.
+    """
+    if not os.environ.get("RTCHUB_NETNS"):
+        pytest.fail("browser/media tests must run in a private network namespace: "
+                    "tools/netns-run .venv/bin/python -m pytest ... (make test does this)")
+    names = {name for _, name in socket.if_nameindex()}
+    if not names <= {"lo", "v0", "v1"}:
+        pytest.fail(f"network namespace has foreign interfaces {sorted(names)}; use tools/netns-run")
+
+
+def in_private_network(address: str | None) -> bool:
+    """True when ``address`` is loopback or inside the test namespace."""
+    if not address:
+        return False
+    ip = ipaddress.ip_address(address)
+    return any(ip in net for net in PRIVATE_NETS)
+
+
 @contextlib.asynccontextmanager
 async def chromium(*extra_flags: str) -> AsyncIterator[Browser]:
     """Debian's Chromium through Playwright (never a downloaded browser)."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (make system-deps)")
+    require_private_network()
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=CHROMIUM, args=[*FLAGS, *extra_flags],
                                      headless=True)

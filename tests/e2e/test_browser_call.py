@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.conftest import shows_fake_camera
+from tests.e2e.conftest import in_private_network, shows_fake_camera
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 
@@ -43,6 +43,21 @@ async def test_one_to_one_call(make_e2e_server: Any, open_page: Any) -> None:
     assert stats["localCandidateType"] and stats["remoteCandidateType"]
     # The server saw them as WebSocket sessions in one room.
     assert sorted(app.hub.rooms["one"].members) == ["alice", "bob"]
+    open_page.check()
+
+
+async def test_media_stays_in_the_private_network(make_e2e_server: Any, open_page: Any) -> None:
+    """Issue 13: no selected candidate pair of a test call leaves the namespace."""
+    app = await make_e2e_server()
+    alice = await open_page(app.url + "/t/alice", name="alice")
+    bob = await open_page(app.url + "/t/bob", name="bob")
+    await join_all([alice, bob], "netns", ["alice", "bob"])
+    for page, other in ((alice, "bob"), (bob, "alice")):
+        await open_page.media_flowing(page, 1)
+        stats = await page.evaluate("(u) => T.call.stats(u)", other)
+        assert stats["connectionState"] == "connected", stats
+        for key in ("localAddress", "remoteAddress"):
+            assert in_private_network(stats[key]), (key, stats)
     open_page.check()
 
 

@@ -187,6 +187,8 @@ export class Call extends Emitter {
       signalingState: peer.pc.signalingState,
       localCandidateType: local ? local.candidateType : null,
       remoteCandidateType: remote ? remote.candidateType : null,
+      localAddress: local ? (local.address || local.ip || null) : null,
+      remoteAddress: remote ? (remote.address || remote.ip || null) : null,
       rtt: pair && typeof pair.currentRoundTripTime === 'number' ? Math.round(pair.currentRoundTripTime * 1000) : null,
       bitrateKbps,
       sendBitrateKbps,
