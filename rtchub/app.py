@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from rtchub import api, ice
+from rtchub import api, ice, peerjs
 from rtchub.auth.gate import Admission, Gatekeeper
 from rtchub.broker.cluster import attach_cluster
 from rtchub.core.hub import Hub
@@ -78,6 +78,8 @@ class RtcHub:
             r.add_get(path, self._aiohttp_ws)
         # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_common).
         http_transports.register(self)
+        # The PeerJS server API under --peerjs-path (rtchub.peerjs).
+        peerjs.setup(self)
         if (WEB_ROOT / "index.html").exists():
             r.add_get("/", self._index)
         if WEB_ROOT.exists():

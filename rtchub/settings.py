@@ -79,6 +79,21 @@ class Settings:
     turn_ttl: int = field(default=86400, metadata={"help": "seconds TURN credentials stay valid"})
     public_host: str = field(default="", metadata={"help": "host name put into ICE URLs"})
 
+    # -- PeerJS compatibility (docs/peerjs.md) ----------------------------------
+    peerjs_path: str = field(
+        default="/peerjs", metadata={"help": "where the PeerJS server API is served ('' = off)"}
+    )
+    peerjs_key: str = field(default="peerjs", metadata={"help": "the key PeerJS clients must give"})
+    peerjs_discovery: bool = field(
+        default=False, metadata={"help": "GET {peerjs-path}/{key}/peers lists the connected peer ids"}
+    )
+    peerjs_expire_timeout: float = field(
+        default=5.0, metadata={"help": "seconds a message waits for a PeerJS peer to connect (EXPIRE)"}
+    )
+    peerjs_max_peers: int = field(
+        default=5000, metadata={"help": "PeerJS peers per key (its room's member limit)"}
+    )
+
     # -- security -----------------------------------------------------------------
     auth: str = field(default="none", metadata={"help": "none or jwt"})
     jwt_secret: str = field(default="", metadata={"help": "HS256 secret for --auth jwt"})

@@ -640,7 +640,7 @@ class Cluster(HubObserver):
         room_id, uid = req.room_id, req.user_id
         try:
             res = await self.broker.claim(room_id, uid, session.id, req.display_name or uid,
-                                          self.settings.max_room_members, self.ttl_ms)
+                                          self.hub.room_cap(room_id), self.ttl_ms)
         except BrokerDown as exc:
             self._down(exc)
             self._abandon(key)
@@ -651,7 +651,7 @@ class Cluster(HubObserver):
             self._abandon(key)
             if res.status == "full":
                 err = ProtocolError(ErrorCode.ROOM_FULL, f"room {room_id!r} is full "
-                                    f"({self.settings.max_room_members})", req.msg_id)
+                                    f"({self.hub.room_cap(room_id)})", req.msg_id)
             else:
                 err = ProtocolError(ErrorCode.USER_ID_TAKEN,
                                     f"userId {uid!r} is already in room {room_id!r}", req.msg_id)

@@ -104,6 +104,9 @@ class Hub:
             "resume": self._resume,
         }
         self.welcome_extra: dict[str, Any] = {}
+        #: Member limits of particular rooms (roomId -> limit) instead of
+        #: ``max_room_members``: a PeerJS key is one room holding a whole app's peers.
+        self.room_caps: dict[str, int] = {}
         #: ``resume_elsewhere(session, old_id, last_seq, msg_id)``: set by the cluster
         #: (rtchub.broker.cluster) to resume a session another node holds; it
         #: answers asynchronously. ``None`` on a single node. The cluster also
@@ -398,9 +401,9 @@ class Hub:
                 if not old.rooms:
                     self.end(old, "rejoined")
                 rejoined = True
-            elif len(room.members) >= self.settings.max_room_members:
+            elif len(room.members) >= self.room_cap(room_id):
                 raise ProtocolError(ErrorCode.ROOM_FULL,
-                                    f"room {room_id!r} is full ({self.settings.max_room_members})",
+                                    f"room {room_id!r} is full ({self.room_cap(room_id)})",
                                     req.msg_id)
         else:
             room = self.rooms[room_id] = Room(room_id, self.clock())
@@ -423,6 +426,10 @@ class Hub:
             self._accepted(session, req.msg_id)
         for obs in self.observers:
             obs.member_joined(room, member, rejoined)
+
+    def room_cap(self, room_id: str) -> int:
+        """How many members ``room_id`` may hold."""
+        return self.room_caps.get(room_id, self.settings.max_room_members)
 
     def _leave(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
         room_id = m.check_id(msg.get("roomId"), "roomId", msg_id)
