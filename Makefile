@@ -29,6 +29,11 @@ bench/node_modules/.installed: bench/package.json bench/package-lock.json
 	cd bench && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The real PeerJS browser client for tests/e2e/test_peerjs_browser.py (test-only).
+tests/e2e/peerjs/node_modules/.installed: tests/e2e/peerjs/package.json tests/e2e/peerjs/package-lock.json
+	cd tests/e2e/peerjs && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # apt-get only when something is missing and we may (root); otherwise say what is missing.
 system-deps:
 	@missing=""; for pair in $(SYSTEM_DEPS); do bin=$${pair%%=*}; pkg=$${pair#*=}; \
@@ -43,7 +48,7 @@ system-deps:
 run: $(VENV)/.installed
 	$(BIN)/rtchub serve --host $(HOST) --port $(PORT)
 
-test: system-deps $(VENV)/.installed-test bench/node_modules/.installed
+test: system-deps $(VENV)/.installed-test bench/node_modules/.installed tests/e2e/peerjs/node_modules/.installed
 	$(BIN)/ruff check rtchub tests
 	tools/netns-run $(BIN)/python -m pytest -q -rfE
 
