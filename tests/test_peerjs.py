@@ -16,6 +16,7 @@ import pytest
 
 from rtchub.app import RtcHub
 from tests.conftest import eventually
+from tests.redis_fixture import redis_server  # noqa: F401
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -194,3 +195,57 @@ async def test_peerjs_off(make_server: Any) -> None:
     app = await make_server(peerjs_path="")
     async with aiohttp.ClientSession() as http, http.get(f"{app.url}/peerjs/peerjs/id") as r:
         assert r.status == 404
+
+
+async def test_jwt_in_the_token_parameter(make_server: Any) -> None:
+    from rtchub.auth.tokens import mint
+
+    secret = "peerjs-test-secret-0123456789abcdef"
+    app = await make_server(auth="jwt", jwt_secret=secret)
+    a = await PeerJs(app, "alice", token=mint(sub="alice", key=secret)).connect()
+    b = await PeerJs(app, "bob", token=mint(sub="bob", key=secret)).connect()
+    await a.send({"type": "OFFER", "dst": "bob", "payload": {"n": 1}})
+    assert (await b.wait("OFFER"))["src"] == "alice"
+    # PeerJS's own random token is no JWT; a JWT for someone else is not this id.
+    plain = await PeerJs(app, "carol", token="x7d2k").connect(expect="ERROR")
+    assert plain.of("ERROR")[0]["payload"]["msg"].startswith("Invalid token")
+    other = await PeerJs(app, "carol", token=mint(sub="bob", key=secret)).connect(expect="ERROR")
+    assert other.of("ERROR")[0]["payload"]["msg"] == "the token is for another id"
+    # The token's room grants hold: a token without the key's room is refused.
+    denied = await PeerJs(app, "dave", token=mint(sub="dave", key=secret, rooms=["other"])
+                          ).connect(expect="ERROR")
+    assert "peerjs:peerjs" in denied.of("ERROR")[0]["payload"]["msg"]
+    assert set(app.hub.rooms["peerjs:peerjs"].members) == {"alice", "bob"}
+    for p in (a, b, plain, other, denied):
+        await p.close()
+
+
+async def test_key_room_holds_peerjs_max_peers_not_max_room_members(make_server: Any) -> None:
+    app = await make_server(max_room_members=2, peerjs_max_peers=3, max_handshakes_per_ip=0)
+    peers = [await PeerJs(app, f"p{i}").connect() for i in range(3)]
+    full = await PeerJs(app, "p3").connect(expect="ERROR")
+    assert full.of("ERROR")[0]["payload"]["msg"] == "Server has reached its concurrent user limit"
+    for p in (*peers, full):
+        await p.close()
+
+
+async def test_queued_message_reaches_a_peer_that_connects_on_another_node(
+        make_server: Any, redis_server: Any) -> None:  # noqa: F811
+    apps = [await make_server(broker=redis_server.url, node_id=f"q{i}", node_ttl=1.0)
+            for i in range(2)]
+    for app in apps:
+        await eventually(lambda app=app: app.cluster is not None and app.cluster.ready)
+    a = await PeerJs(apps[0], "alice").connect()
+    await a.send({"type": "OFFER", "dst": "bob", "payload": {"n": 1}})
+    await eventually(lambda: len(apps[0].peerjs.queue) == 1)
+    b = await PeerJs(apps[1], "bob").connect()
+    offer = await b.wait("OFFER")
+    assert offer == {"type": "OFFER", "src": "alice", "dst": "bob", "payload": {"n": 1}}
+    await b.send({"type": "ANSWER", "dst": "alice", "payload": {"n": 2}})
+    assert (await a.wait("ANSWER"))["src"] == "bob"
+    # Discovery sees both nodes' peers (the cluster's directory).
+    assert await apps[1].peerjs.peer_ids() == ["alice", "bob"]
+    # An id is taken cluster-wide.
+    thief = await PeerJs(apps[0], "bob", token="other").connect(expect="ID-TAKEN")
+    for p in (a, b, thief):
+        await p.close()
