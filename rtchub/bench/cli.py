@@ -80,6 +80,11 @@ def evaluate(rows: list[Metric], quick: bool, skipped: dict[str, str]) -> list[T
         q = cross / single if cross and single else None
         add("cross-node over Redis", "≥ 0.5× single node", q, bool(q and q >= 0.5),
             f"{q:.2f}×" if q else "")
+    native = find(rows, "asgi (native)", "delivered msgs/s")
+    mounted = find(rows, "asgi (FastAPI + uvicorn)", "delivered msgs/s")
+    q = mounted / native if mounted and native else None
+    out.append(Target("relay through the ASGI mount (FastAPI + uvicorn)", "report (× native)",
+                      f"{q:.2f}× native" if q else "not measured", None if q is None else True))
     return out
 
 

@@ -10,7 +10,10 @@ Sizes (full / ``--quick``):
 - ``idle``: 10,000 / 2,000 joined idle connections, server RSS growth per
   connection, compression off and on;
 - ``fanout``: one room of 200, ``message`` broadcast by 4 senders;
-- ``cross-node``: ``relay`` across two rtchub nodes sharing Redis.
+- ``cross-node``: ``relay`` across two rtchub nodes sharing Redis;
+- ``asgi``: ``relay`` on the native server and on rtchub mounted in a
+  FastAPI app under uvicorn (:mod:`rtchub.bench.asgi_app`), one after the
+  other in the same run: the ratio is what docs/asgi.md quotes.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary
 
 log = logging.getLogger("rtchub.bench")
 
-SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node")
+SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "asgi")
+#: The two paths of the ``asgi`` scenario: (row variant, server kind). Both are rtchub,
+#: so both land in the rtchub column, one row each.
+ASGI_PATHS = (("native", "rtchub"), ("FastAPI + uvicorn", "rtchub-asgi"))
 
 
 @dataclass
@@ -82,7 +88,7 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
             metric.notes[server] = note
         raw[name] = value
 
-    if scenario in ("relay", "cross-node", "fanout"):
+    if scenario in ("relay", "cross-node", "fanout", "asgi"):
         rate = r.get("msgsPerSec") if scenario != "fanout" else r.get("deliveriesPerSec")
         delivered = r.get("delivered") or 0
         name = "deliveries/s" if scenario == "fanout" else "delivered msgs/s"
@@ -145,6 +151,18 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
             except runner.BenchError as exc:
                 skipped[scenario] = f"failed: {str(exc).splitlines()[0]}"
                 say(f"cross-node: {skipped[scenario]}")
+            continue
+        if scenario == "asgi":
+            for variant, kind in ASGI_PATHS:
+                say(f"asgi ({variant}): {kind} ...")
+                try:
+                    with runner.serving(kind) as server:
+                        run = runner.run_client(server, relay_config(plan))
+                except runner.BenchError as exc:
+                    say(f"asgi ({variant}): failed: {exc}")
+                    raw.setdefault(f"asgi ({variant})", {})["rtchub"] = {"error": str(exc)[:2000]}
+                    continue
+                raw[f"asgi ({variant})"] = {"rtchub": metrics_for(scenario, variant, "rtchub", run, rows)}
             continue
         for variant, cfg, server_opts in configs[scenario]:
             label = scenario + (f" ({variant})" if variant else "")
