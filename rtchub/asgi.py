@@ -47,6 +47,7 @@ import orjson
 from multidict import CIMultiDict
 
 from rtchub.app import WEB_ROOT, RtcHub
+from rtchub.peerjs.endpoint import PEER_SLOTS, PeerJsPeer
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
 from rtchub.transports.wsbase import ENDPOINT_SLOTS, WsEndpoint
@@ -288,6 +289,12 @@ class AsgiEndpoint(WsEndpoint):
                 return
 
 
+class AsgiPeerJsEndpoint(PeerJsPeer, AsgiEndpoint):
+    """A PeerJS peer (rtchub.peerjs) on an ASGI WebSocket."""
+
+    __slots__ = PEER_SLOTS
+
+
 # ======================================================================= app
 class RtcHubAsgi:
     """The ASGI application around one :class:`~rtchub.app.RtcHub` (``.server``)."""
@@ -412,13 +419,18 @@ class RtcHubAsgi:
         connect = await receive()
         if connect["type"] != "websocket.connect":  # pragma: no cover - ASGI says it is first
             return
-        if route_path(scope) not in WS_PATHS:
-            await send({"type": "websocket.close", "code": 1008, "reason": "no WebSocket here"})
-            return
+        path = route_path(scope)
         headers = _headers(scope)
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         client = scope.get("client")
         peer = client[0] if client else ""
+        peerjs = getattr(self.server, "peerjs", None)
+        if peerjs is not None and path == peerjs.ws_path:
+            await self._peerjs(peerjs, scope, receive, send, headers, query, peer)
+            return
+        if path not in WS_PATHS:
+            await send({"type": "websocket.close", "code": 1008, "reason": "no WebSocket here"})
+            return
         verdict = self.server.admit(headers, query, peer, first_message_auth=True)
         if not verdict.ok:
             await self._refuse(scope, send, verdict)
@@ -429,6 +441,25 @@ class RtcHubAsgi:
         endpoint = AsgiEndpoint(self.server, SUBPROTOCOLS.get(chosen or "", JSON), peer,
                                 claims=verdict.claims, user_id=verdict.user_id,
                                 display_name=verdict.display_name)
+        await endpoint.run(receive, send)
+
+    async def _peerjs(self, peerjs: Any, scope: Scope, receive: Receive, send: Send,
+                      headers: CIMultiDict[str], query: dict[str, str], peer: str) -> None:
+        """The PeerJS WebSocket, judged as rtchub.peerjs.server does it natively."""
+        verdict = self.server.admit(headers, query, peer)
+        if verdict.status in (403, 429):
+            await self._refuse(scope, send, verdict)
+            return
+        await send({"type": "websocket.accept"})
+        refusal = peerjs.judge(query, verdict)
+        if refusal is not None:
+            await send({"type": "websocket.send", "text": refusal.decode()})
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        peer_id, token = query["id"], query["token"]
+        peerjs.take_over(peer_id, token)
+        endpoint = AsgiPeerJsEndpoint(self.server, JSON, peer, claims=verdict.claims, user_id=peer_id)
+        endpoint.init_peer(peerjs, peer_id, token)
         await endpoint.run(receive, send)
 
     @staticmethod

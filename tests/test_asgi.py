@@ -121,3 +121,23 @@ async def test_sse_client_going_away_detaches_the_session() -> None:
             resp.close()
         # The client's disconnect reached the aiohttp handler through the pipe.
         await eventually(lambda: len(hub.sessions) == 0, timeout=10)
+
+
+async def test_peerjs_through_the_mount() -> None:
+    from tests.test_peerjs import PeerJs
+
+    async with fastapi_with_rtchub(peerjs_expire_timeout=0.5) as srv:
+        base = f"ws://127.0.0.1:{srv.port}/rtc"
+        async with aiohttp.ClientSession() as http, http.get(srv.url + "/rtc/peerjs/peerjs/id") as r:
+            assert r.status == 200 and len(await r.text()) == 36
+        a = await PeerJs(base, "alice").connect()
+        b = await PeerJs(base, "bob").connect()
+        await a.send({"type": "OFFER", "dst": "bob", "src": "mallory", "payload": {"n": 1}})
+        assert await b.wait("OFFER") == {"type": "OFFER", "src": "alice", "dst": "bob",
+                                         "payload": {"n": 1}}
+        thief = await PeerJs(base, "bob", token="other").connect(expect="ID-TAKEN")
+        bad = await PeerJs(base, "carol", key="wrong").connect(expect="INVALID-KEY")
+        await a.send({"type": "OFFER", "dst": "ghost", "payload": {"n": 2}})
+        assert await a.wait("EXPIRE") == {"type": "EXPIRE", "src": "ghost", "dst": "alice"}
+        for p in (a, b, thief, bad):
+            await p.close()

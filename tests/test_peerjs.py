@@ -24,10 +24,10 @@ pytestmark = pytest.mark.timeout(30)
 class PeerJs:
     """What a PeerJS client does on the wire: one WebSocket at {path}/peerjs."""
 
-    def __init__(self, app: RtcHub, peer_id: str, *, key: str = "peerjs", token: str = "tok",
+    def __init__(self, app: RtcHub | str, peer_id: str, *, key: str = "peerjs", token: str = "tok",
                  path: str = "/peerjs") -> None:
-        self.url = (f"ws://127.0.0.1:{app.port}{path}/peerjs?key={key}&id={peer_id}"
-                    f"&token={token}&version=1.5.5")
+        base = app if isinstance(app, str) else f"ws://127.0.0.1:{app.port}"
+        self.url = f"{base}{path}/peerjs?key={key}&id={peer_id}&token={token}&version=1.5.5"
         self.id = peer_id
         self.got: list[dict[str, Any]] = []
         self.http = aiohttp.ClientSession()

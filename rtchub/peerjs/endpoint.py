@@ -30,7 +30,7 @@ from rtchub.protocol.codec import JSON
 from rtchub.protocol.errors import ErrorCode
 from rtchub.protocol.messages import ID_PATTERN
 from rtchub.transports.ws_aiohttp import AiohttpEndpoint
-from rtchub.transports.wsbase import ENDPOINT_SLOTS
+from rtchub.transports.wsbase import WsEndpoint
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -55,13 +55,25 @@ def server_message(mtype: str, msg: str | None = None, **fields: Any) -> bytes:
     return orjson.dumps(out)
 
 
-class PeerJsEndpoint(AiohttpEndpoint):
-    __slots__ = ENDPOINT_SLOTS + ("ws", "loop", "server", "peer_id", "token", "joined", "early")
+#: Slots of the PeerJS peer state, added to each concrete endpoint's own.
+PEER_SLOTS = ("server", "peer_id", "token", "joined", "early")
 
-    def __init__(self, server: PeerJsServer, peer: str, ws: web.WebSocketResponse, *,
-                 peer_id: str, token: str, claims: dict[str, Any] | None) -> None:
-        app = server.app
-        super().__init__(app.hub, app.liveness, JSON, peer, ws, claims=claims, user_id=peer_id)
+
+class PeerJsPeer(WsEndpoint):
+    """The PeerJS side of an endpoint, whatever carries its frames.
+
+    Mixed in before a concrete WebSocket endpoint: :class:`PeerJsEndpoint`
+    (aiohttp, the native server) or ``rtchub.asgi``'s ASGI endpoint.
+    """
+
+    __slots__ = ()
+    server: PeerJsServer
+    peer_id: str
+    token: str
+    joined: bool
+    early: list[dict[str, Any]]
+
+    def init_peer(self, server: PeerJsServer, peer_id: str, token: str) -> None:
         self.server = server
         self.transport_name = "peerjs"
         self.peer_id = peer_id
@@ -73,8 +85,9 @@ class PeerJsEndpoint(AiohttpEndpoint):
 
     # -- lifecycle ------------------------------------------------------------------
     def opened(self) -> None:
-        self.liveness.add(self)
-        session = self.hub.open(self, user_id=self.peer_id, claims=self.claims)
+        super().opened()  # the session (and, natively, the liveness sweep)
+        session = self.session
+        assert session is not None
         self.hub.receive(session, {"type": "join", "roomId": self.server.room_id,
                                    "userId": self.peer_id})
 
@@ -84,7 +97,7 @@ class PeerJsEndpoint(AiohttpEndpoint):
         super().closed()
 
     def peer_closed(self, code: int | None) -> None:
-        self.close_code = code  # every close is final for a PeerJS peer (see __init__)
+        self.close_code = code  # every close is final for a PeerJS peer (see init_peer)
 
     # -- client -> hub ----------------------------------------------------------------
     def incoming(self, data: bytes, binary: bool) -> None:
@@ -164,3 +177,16 @@ class PeerJsEndpoint(AiohttpEndpoint):
         else:
             self.send_raw(server_message("ERROR", str(error.get("message") or code)))
         self.close(NORMAL, str(code))
+
+
+class PeerJsEndpoint(PeerJsPeer, AiohttpEndpoint):
+    """A PeerJS peer on the native server's aiohttp WebSocket."""
+
+    __slots__ = PEER_SLOTS
+
+    def __init__(self, server: PeerJsServer, peer: str, ws: web.WebSocketResponse, *,
+                 peer_id: str, token: str, claims: dict[str, Any] | None) -> None:
+        app = server.app
+        AiohttpEndpoint.__init__(self, app.hub, app.liveness, JSON, peer, ws, claims=claims,
+                                 user_id=peer_id)
+        self.init_peer(server, peer_id, token)

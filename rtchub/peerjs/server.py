@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import orjson
@@ -39,6 +40,8 @@ from rtchub.transports.http_common import cors_headers
 
 if TYPE_CHECKING:
     from rtchub.app import RtcHub
+    from rtchub.auth.gate import Admission
+    from rtchub.peerjs.endpoint import PeerJsPeer
 
 #: The hub room of a PeerJS key: every peer of the key is a member of it.
 ROOM_PREFIX = "peerjs:"
@@ -67,16 +70,21 @@ class PeerJsServer:
                              "of A-Z a-z 0-9 _ . : @ -")
         self.queue = OfflineQueue(s.peerjs_expire_timeout)
         #: This node's connected peers, by PeerJS id.
-        self.peers: dict[str, PeerJsEndpoint] = {}
+        self.peers: dict[str, PeerJsPeer] = {}
         app.hub.room_caps[self.room_id] = s.peerjs_max_peers
         step = max(0.05, min(1.0, s.peerjs_expire_timeout / 5))
         self._timer = Periodic(step, self.expire, "peerjs-expire")
+
+    @property
+    def ws_path(self) -> str:
+        """The WebSocket's path (PeerJS clients add ``peerjs`` to their ``path``)."""
+        return self.prefix + "/peerjs"
 
     def register(self, router: web.UrlDispatcher) -> None:
         p = self.prefix
         if p:  # at the root, "/" stays the demo's page
             router.add_get(p, self._info)
-        router.add_get(p + "/peerjs", self._websocket)
+        router.add_get(self.ws_path, self._websocket)
         router.add_get(p + "/{key}/id", self._new_id)
         router.add_get(p + "/{key}/peers", self._list_peers)
 
@@ -131,33 +139,41 @@ class PeerJsServer:
         if verdict.status in (403, 429):
             return verdict.http_response()
         await ws.prepare(request)
-        peer_id, token, key = query.get("id"), query.get("token"), query.get("key")
-        refusal: bytes | None = None
-        if not peer_id or not token or not key:
-            refusal = server_message("ERROR", "No id, token, or key supplied to websocket server")
-        elif key != self.key:
-            refusal = server_message("INVALID-KEY", "Invalid key provided")
-        elif not verdict.ok:
-            refusal = server_message("ERROR", f"Invalid token: {verdict.reason}")
-        elif ID_PATTERN.fullmatch(peer_id) is None:
-            refusal = server_message("ERROR", f'ID "{peer_id[:80]}" is invalid: use 1-64 '
-                                     "characters of A-Z a-z 0-9 _ . : @ -")
-        elif verdict.user_id is not None and verdict.user_id != peer_id:
-            refusal = server_message("ERROR", "the token is for another id")
+        refusal = self.judge(query, verdict)
         if refusal is not None:
             await ws.send_str(refusal.decode())
             await ws.close(code=NORMAL)
             return ws
-        assert peer_id is not None and token is not None
-        old = self.peers.get(peer_id)
-        if old is not None and old.token == token and old.session is not None:
-            # PeerJS's reconnect: the same id and token take the peer over.
-            self.app.hub.detach(old.session, clean=True)
-            old.close(NORMAL, "replaced by a reconnect")
+        peer_id, token = query["id"], query["token"]
+        self.take_over(peer_id, token)
         endpoint = PeerJsEndpoint(self, request.remote or "", ws, peer_id=peer_id, token=token,
                                   claims=verdict.claims)
         await endpoint.run()
         return ws
+
+    def judge(self, query: Mapping[str, str], verdict: Admission) -> bytes | None:
+        """What PeerJS says to refuse this connection after the upgrade, or None to admit it
+        (``verdict``: the Gatekeeper's, whose 403/429 never got the upgrade)."""
+        peer_id, token, key = query.get("id"), query.get("token"), query.get("key")
+        if not peer_id or not token or not key:
+            return server_message("ERROR", "No id, token, or key supplied to websocket server")
+        if key != self.key:
+            return server_message("INVALID-KEY", "Invalid key provided")
+        if not verdict.ok:
+            return server_message("ERROR", f"Invalid token: {verdict.reason}")
+        if ID_PATTERN.fullmatch(peer_id) is None:
+            return server_message("ERROR", f'ID "{peer_id[:80]}" is invalid: use 1-64 '
+                                  "characters of A-Z a-z 0-9 _ . : @ -")
+        if verdict.user_id is not None and verdict.user_id != peer_id:
+            return server_message("ERROR", "the token is for another id")
+        return None
+
+    def take_over(self, peer_id: str, token: str) -> None:
+        """PeerJS's reconnect: the same id and token replace the peer on this node."""
+        old = self.peers.get(peer_id)
+        if old is not None and old.token == token and old.session is not None:
+            self.app.hub.detach(old.session, clean=True)
+            old.close(NORMAL, "replaced by a reconnect")
 
     # ------------------------------------------------------------ offline queue
     def arrived(self, peer_id: str | None) -> None:
