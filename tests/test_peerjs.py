@@ -90,6 +90,11 @@ async def test_open_relay_with_src_set_by_the_server(make_server: Any) -> None:
     # Only PeerJS messages reach a PeerJS client: no welcome, room-info or user-joined.
     assert {m["type"] for m in a.got} == {"OPEN", "ANSWER", "CANDIDATE"}
     assert app.hub.rooms["peerjs:peerjs"].members.keys() == {"alice", "bob"}
+    # The same metrics as every session: PeerJS connections and their relayed signals.
+    async with aiohttp.ClientSession() as http, http.get(app.url + "/metrics") as r:
+        text = await r.text()
+    assert 'rtchub_connections{transport="peerjs"} 2.0' in text
+    assert 'rtchub_messages_received_total{type="signal"} 4.0' in text
     await a.close()
     await b.close()
 
