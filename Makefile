@@ -8,7 +8,7 @@ PORT ?= 8080
 # packages whose binary is missing get installed (node may come from elsewhere).
 SYSTEM_DEPS := /usr/bin/chromium=chromium /usr/bin/redis-server=redis-server \
 	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm \
-	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2
+	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2 /usr/sbin/nginx=nginx
 
 .PHONY: run test test-fast bench lint docs system-deps clean
 
