@@ -161,7 +161,8 @@ async def handle(request: web.Request) -> web.Response:
             return session_expired(request, "missed messages are no longer buffered; join again")
         if registry.stopping:
             return error_response(request, 503, ErrorCode.INTERNAL, "server shutting down")
-        sink = PollSink(hub, loop.time())
+        sink = PollSink(hub, loop.time(),
+                        app.gatekeeper.client_address(request.remote or "", request.headers))
         registry.pollers.add(sink)
         hub.attach(session, sink, after)
     elif after > session.seq or after < session.first_buffered_seq() - 1:
