@@ -60,6 +60,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return resolve_args(args).settings
 
 
+def with_source(message: str, resolved: Resolved) -> str:
+    """``--auth must be ...`` -> ``... (auth from file rtchub.toml)``: say where to fix it."""
+    flag, _, _ = message.partition(" ")
+    name = flag.removeprefix("--").rstrip(":").replace("-", "_")
+    source = resolved.sources.get(name) if flag.startswith("--") else None
+    return f"{message} ({flag.removeprefix('--').rstrip(':')} from {source})" if source else message
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtchub", description="real-time communication server")
     parser.add_argument("--version", action="version", version=f"rtchub {__version__}")
@@ -89,7 +97,10 @@ def _is_loopback(host: str) -> bool:
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     from rtchub.app import create_app
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # a setting the server cannot use (--auth foo, a bad network...)
+        raise ConfigError(str(exc)) from exc
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -156,7 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = resolved.settings
         setup_logging(settings.log_level, settings.log_format)
         _install_uvloop()
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except ConfigError as exc:
+            parser.exit(2, f"rtchub: configuration error: {with_source(str(exc), resolved)}\n")
         return 0
     return SUBCOMMANDS[args.command][2](args)
 

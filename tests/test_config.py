@@ -194,3 +194,18 @@ def test_version() -> None:
     from rtchub import __version__
 
     assert out.stdout.strip() == f"rtchub {__version__}"
+
+
+def test_serve_names_the_source_of_a_value_the_server_refuses(tmp_path: Path) -> None:
+    """A well-typed value the server cannot use still fails at start, saying where it came from."""
+    path = write(tmp_path, f'auth = "sometimes"\nport = {free_port()}\nstun-port = 0\n')
+    out = run_cli("serve", "--config", str(path))
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("rtchub: configuration error: --auth must be none or jwt, not "
+                                  f"'sometimes' (auth from file {path})")
+    out = run_cli("serve", "--port", str(free_port()), "--stun-port", "0",
+                  env=clean_env(RTCHUB_FORWARDED_ALLOW_IPS="10.0.0.0/8,proxy.example"))
+    assert out.returncode == 2
+    assert ("--forwarded-allow-ips: 'proxy.example' does not appear to be an IPv4 or IPv6 network"
+            in out.stderr)
+    assert out.stderr.strip().endswith("(forwarded-allow-ips from env RTCHUB_FORWARDED_ALLOW_IPS)")

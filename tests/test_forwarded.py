@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import aiohttp
@@ -99,8 +100,10 @@ async def _ws_peer(app: Any, http: aiohttp.ClientSession, **kw: Any) -> str:
 
 
 @pytest.mark.parametrize("compression", [False, True], ids=["picows", "aiohttp"])
-async def test_server_believes_only_listed_proxies(make_server: Any, compression: bool) -> None:
+async def test_server_believes_only_listed_proxies(make_server: Any, compression: bool,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     xff = {"X-Forwarded-For": "203.0.113.5, 198.51.100.20"}
+    caplog.set_level(logging.INFO, logger="rtchub.events")
     trusting = await make_server(forwarded_allow_ips=["127.0.0.1"], compression=compression)
     plain = await make_server(compression=compression)
     async with aiohttp.ClientSession() as http:
@@ -113,3 +116,8 @@ async def test_server_believes_only_listed_proxies(make_server: Any, compression
     # the handshake rate was taken from the named client, not from the proxy
     assert "198.51.100.20" in trusting.gatekeeper.limits.session_buckets
     assert "127.0.0.1" not in trusting.gatekeeper.limits.session_buckets
+    # and the connection log names it
+    opened = [r for r in caplog.records if r.name == "rtchub.events" and r.getMessage().startswith(
+        "connection-opened")]
+    assert [getattr(r, "peer", None) for r in opened].count("198.51.100.20") == 2   # WebSocket, polling
+    assert any("peer=198.51.100.20" in r.getMessage() for r in opened)
