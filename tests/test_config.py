@@ -209,3 +209,14 @@ def test_serve_names_the_source_of_a_value_the_server_refuses(tmp_path: Path) ->
     assert ("--forwarded-allow-ips: 'proxy.example' does not appear to be an IPv4 or IPv6 network"
             in out.stderr)
     assert out.stderr.strip().endswith("(forwarded-allow-ips from env RTCHUB_FORWARDED_ALLOW_IPS)")
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/deploy.md"])
+def test_config_examples_in_the_docs_are_valid(tmp_path: Path, doc: str) -> None:
+    import re
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / doc).read_text(), re.S)
+    assert blocks, f"{doc} has no TOML example"
+    for i, block in enumerate(blocks):
+        r = resolve({}, config_file=str(write(tmp_path, block, f"example{i}.toml")), environ={})
+        assert r.settings.forwarded_allow_ips == ["127.0.0.1"]
