@@ -12,6 +12,7 @@ files. Neither the build nor the install may print a deprecation warning.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -53,9 +54,15 @@ def get(url: str) -> tuple[int, str, bytes]:
 
 def test_wheel_installs_cleanly_and_serves_the_demo(tmp_path: Path, wheelhouse: Path) -> None:
     dist = tmp_path / "dist"
+    # From a clean copy: without isolation setuptools builds in the source tree,
+    # and a build/ left there could carry files that no longer exist.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "dist", "*.egg-info", "artifacts", "node_modules", "__pycache__",
+        ".pytest_cache", ".ruff_cache", ".hypothesis"))
     # -v: pip shows the build backend's output, where setuptools prints its deprecations.
     build = run(sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
-                ROOT, "-w", dist, cwd=tmp_path)
+                src, "-w", dist, cwd=tmp_path)
     [wheel] = dist.glob("rtchub-*.whl")
     assert "deprecat" not in build.lower(), build
 
