@@ -48,7 +48,15 @@ PANELS = (
 #: Server labels (plain text: no Markdown backticks in a picture).
 LABELS = {"rtchub": "rtchub", "node-ws": "Node ws relay", "py-websockets": "Python websockets relay"}
 HIGHLIGHT = "#4f5bd5"
+#: Other rtchub variants measured in the same run (another stack, an ASGI mount...).
+HIGHLIGHT_SOFT = "#9ba3ea"
 OTHERS = "#9aa1ad"
+
+
+def colour(server: str) -> str:
+    if server == "rtchub":
+        return HIGHLIGHT
+    return HIGHLIGHT_SOFT if server.startswith("rtchub") else OTHERS
 
 
 def values_from_rows(rows: Iterable[Metric]) -> dict[tuple[str, str], dict[str, float | None]]:
@@ -96,7 +104,7 @@ def draw(values: Values, servers: Sequence[str], path: str | Path, caption: str 
         shown = [s for s in servers if row.get(s) is not None]
         nums = [float(row[s]) for s in shown]  # type: ignore[arg-type]
         bars = ax.barh(range(len(shown)), nums,
-                       color=[HIGHLIGHT if s == "rtchub" else OTHERS for s in shown], height=0.6)
+                       color=[colour(s) for s in shown], height=0.6)
         ax.set_yticks(range(len(shown)), [LABELS.get(s, s) for s in shown])
         ax.invert_yaxis()
         ax.bar_label(bars, labels=[_fmt(v) for v in nums], padding=3, fontsize=8)
