@@ -36,6 +36,7 @@ from rtchub.core.hub import HubObserver
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
+from rtchub.transports.mux import ASK_AGAIN
 
 if TYPE_CHECKING:
     import asyncio
@@ -188,8 +189,6 @@ class Gatekeeper:
         against that client's open connections; every connection still takes
         from its handshake rate.
         """
-        from rtchub.transports.mux import ASK_AGAIN
-
         peername = transport.get_extra_info("peername")
         peer = peername[0] if peername else ""
         if head is None:
