@@ -438,7 +438,7 @@ class RtcHubAsgi:
         offered = [p.strip() for p in scope.get("subprotocols", ()) if p.strip()]
         chosen = choose_subprotocol(offered)
         await send({"type": "websocket.accept", "subprotocol": chosen})
-        endpoint = AsgiEndpoint(self.server, SUBPROTOCOLS.get(chosen or "", JSON), peer,
+        endpoint = AsgiEndpoint(self.server, SUBPROTOCOLS.get(chosen or "", JSON), verdict.client,
                                 claims=verdict.claims, user_id=verdict.user_id,
                                 display_name=verdict.display_name)
         await endpoint.run(receive, send)
@@ -458,7 +458,8 @@ class RtcHubAsgi:
             return
         peer_id, token = query["id"], query["token"]
         peerjs.take_over(peer_id, token)
-        endpoint = AsgiPeerJsEndpoint(self.server, JSON, peer, claims=verdict.claims, user_id=peer_id)
+        endpoint = AsgiPeerJsEndpoint(self.server, JSON, verdict.client, claims=verdict.claims,
+                                      user_id=peer_id)
         endpoint.init_peer(peerjs, peer_id, token)
         await endpoint.run(receive, send)
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
+from rtchub.auth.gate import Admission
 from rtchub.peerjs.endpoint import NORMAL, PeerJsEndpoint, server_message
 from rtchub.peerjs.queue import OfflineQueue
 from rtchub.protocol.messages import ID_PATTERN
@@ -40,7 +41,6 @@ from rtchub.transports.http_common import cors_headers
 
 if TYPE_CHECKING:
     from rtchub.app import RtcHub
-    from rtchub.auth.gate import Admission
     from rtchub.peerjs.endpoint import PeerJsPeer
 
 #: The hub room of a PeerJS key: every peer of the key is a member of it.
@@ -136,6 +136,9 @@ class PeerJsServer:
             return web.Response(status=400, text="PeerJS WebSocket endpoint: upgrade required")
         query = request.query
         verdict = self.app.admit(request.headers, dict(query), request.remote or "")
+        if verdict.status not in (403, 429) and not self.app.gatekeeper.hold_connection(
+                request.transport, request.remote or "", verdict.client):
+            verdict = Admission(429, "too many connections from this address")
         if verdict.status in (403, 429):
             return verdict.http_response()
         await ws.prepare(request)
@@ -146,7 +149,7 @@ class PeerJsServer:
             return ws
         peer_id, token = query["id"], query["token"]
         self.take_over(peer_id, token)
-        endpoint = PeerJsEndpoint(self, request.remote or "", ws, peer_id=peer_id, token=token,
+        endpoint = PeerJsEndpoint(self, verdict.client, ws, peer_id=peer_id, token=token,
                                   claims=verdict.claims)
         await endpoint.run()
         return ws
