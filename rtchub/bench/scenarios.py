@@ -29,9 +29,8 @@ from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary
 log = logging.getLogger("rtchub.bench")
 
 SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "asgi")
-#: The two paths of the ``asgi`` scenario: (row variant, server kind). Both are rtchub,
-#: so both land in the rtchub column, one row each.
-ASGI_PATHS = (("native", "rtchub"), ("FastAPI + uvicorn", "rtchub-asgi"))
+#: The two servers of the ``asgi`` scenario: the native one, then the ASGI mount.
+ASGI_SERVERS = ("rtchub", "rtchub-asgi")
 
 
 @dataclass
@@ -153,16 +152,16 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
                 say(f"cross-node: {skipped[scenario]}")
             continue
         if scenario == "asgi":
-            for variant, kind in ASGI_PATHS:
-                say(f"asgi ({variant}): {kind} ...")
+            for kind in ASGI_SERVERS:
+                say(f"asgi: {kind} ...")
                 try:
                     with runner.serving(kind) as server:
                         run = runner.run_client(server, relay_config(plan))
                 except runner.BenchError as exc:
-                    say(f"asgi ({variant}): failed: {exc}")
-                    raw.setdefault(f"asgi ({variant})", {})["rtchub"] = {"error": str(exc)[:2000]}
+                    say(f"asgi: {kind} failed: {exc}")
+                    raw.setdefault("asgi", {})[kind] = {"error": str(exc)[:2000]}
                     continue
-                raw[f"asgi ({variant})"] = {"rtchub": metrics_for(scenario, variant, "rtchub", run, rows)}
+                raw.setdefault("asgi", {})[kind] = metrics_for(scenario, "", kind, run, rows)
             continue
         for variant, cfg, server_opts in configs[scenario]:
             label = scenario + (f" ({variant})" if variant else "")
