@@ -15,6 +15,7 @@ from rtchub.settings import Settings
 
 class FakeSink:
     transport_name = "fake"
+    resume_hint = None
 
     def __init__(self) -> None:
         self.session: Session | None = None

@@ -453,7 +453,7 @@ class Cluster(HubObserver):
         stub = self.stubs.get(sid)
         if stub is None:
             stub = Session(sid, None, self.hub.clock())
-            stub.ended = True
+            stub.end()  # a remote member's placeholder: never resumed or fed here
             stub.user_fixed = True
             self.stubs[sid] = stub
         stub.node = node
@@ -929,9 +929,8 @@ class Cluster(HubObserver):
         hub = self.hub
         s = hub.sessions.get(sid)
         if s is not None:
-            sink = s.sink
+            sink = s.end()
             if sink is not None:
-                s.sink = None
                 if sink.session is s:
                     sink.session = None
                 sink.close(CloseCode.TAKEN_OVER, "session resumed on another node")
@@ -948,7 +947,6 @@ class Cluster(HubObserver):
             if not stub.rooms:
                 self.stubs.pop(sid, None)
             s.rooms.clear()
-            s.ended = True
             self.meta_known.discard(sid)
             self.moved[sid] = (to_node, time.monotonic())
             for obs in hub.observers:
