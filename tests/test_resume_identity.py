@@ -8,6 +8,7 @@ from the session's identity is refused with ``forbidden``. The same verdict
 cluster's take-over; one test per transport proves it.
 """
 
+# ruff: noqa: F811 - pytest fixtures imported from tests/test_cluster.py are parameters here
 from __future__ import annotations
 
 import asyncio
@@ -20,6 +21,8 @@ import orjson
 from rtchub.auth.tokens import mint
 from rtchub.protocol.constants import SESSION_HEADER
 from tests.conftest import Raw, eventually
+from tests.redis_fixture import redis_server  # noqa: F401
+from tests.test_cluster import broker_url, nodes, peers, room_name  # noqa: F401
 from tests.test_sse import SseReader
 
 SECRET = "test-secret-0123456789-0123456789-abcdef"
@@ -236,3 +239,42 @@ async def test_fresh_auth_over_send_extends_a_poll_session(make_server: Any) -> 
                            fresh))[0] == 202
         assert (await bob.expect("message"))["data"] == "hi"
     await bob.close()
+
+
+# ------------------------------------------------------------------ cross-node
+async def test_cross_node_resume_and_requests_need_the_sessions_own_identity(
+        nodes: Any) -> None:
+    """Node B holds nothing of alice's session: its take-over (and a forwarded
+    ``/send`` or ``/close``) still gets the hub's verdict, so a foreign token
+    is refused on every transport there."""
+    a, b = await nodes(2, grace_period=10, auth="jwt", jwt_secret=SECRET, auth_timeout=5.0)
+    room = room_name()
+    async with aiohttp.ClientSession() as http:
+        # An HTTP session on A, used through B: foreign tokens refused by A's hub.
+        sid = await poll_open(http, a, "alice")
+        mine, theirs = bearer("alice"), bearer("mallory")
+        status, err = await send(http, b, sid, {"type": "join", "roomId": room}, theirs)
+        assert (status, err["code"]) == (403, "forbidden")
+        assert not a.hub.sessions[sid].rooms
+        async with http.post(b.url + "/close", headers={SESSION_HEADER: sid, **theirs}) as r:
+            assert r.status == 403
+        assert (await send(http, b, sid, {"type": "join", "roomId": room}, mine))[0] == 202
+        await eventually(lambda: room in a.hub.sessions[sid].rooms)
+        # The poller goes quiet: its session is up for resume, on any node.
+        a.hub.detach(a.hub.sessions[sid], clean=False)
+        status, err = await poll(http, b, sid, 0, theirs)
+        assert (status, err["code"]) == (403, "forbidden")
+        async with http.get(b.url + "/sse", params={"token": token("mallory"),
+                                                     "lastEventId": f"{sid}.0"}) as r:
+            assert r.status == 403
+        thief = await Raw.open(b, path=f"/ws?token={token('mallory')}")
+        await thief.expect("welcome")
+        await thief.send({"type": "resume", "sessionId": sid, "lastSeq": 0, "id": "r"})
+        err = await thief.expect("error")
+        assert (err["code"], err["id"]) == ("forbidden", "r")
+        await thief.close()
+        # The owner's token resumes it on B, with nothing missed.
+        status, batch = await poll(http, b, sid, 0, mine)
+        assert status == 200 and batch[-1]["type"] == "resumed"
+        assert [m["type"] for m in batch][:1] == ["room-info"]
+        assert sid in b.hub.sessions and b.hub.sessions[sid].user_id == "alice"

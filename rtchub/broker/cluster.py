@@ -63,6 +63,7 @@ from rtchub.broker.base import Broker, BrokerDown, Op, SessionState, make_broker
 from rtchub.core.hub import Hub, HubObserver, JoinRequest
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.ratelimit import TokenBucket
+from rtchub.core.resume import Identity
 from rtchub.core.room import Member, Room
 from rtchub.core.session import Session
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -74,6 +75,8 @@ log = logging.getLogger("rtchub.cluster")
 
 #: Ops queued for one node while the broker is down, beyond which the oldest go.
 MAX_QUEUED = 50_000
+#: Answer to a forwarded request whose proven identity may not act for the session.
+FORBIDDEN = -2
 #: How long a resume waits for the old node to hand a session over.
 HANDOVER_TIMEOUT = 2.0
 
@@ -961,25 +964,29 @@ class Cluster(HubObserver):
             fut.set_result(None)
 
     # ================================================= HTTP upstream forwarding
-    async def forward_receive(self, sid: str, msgs: list[Any]) -> int | None:
+    async def forward_receive(self, sid: str, msgs: list[Any], user_id: str | None = None
+                              ) -> int | None:
         """``POST /send`` for a session another node holds: that node receives ``msgs``.
 
         The owning node (the session record in the directory) hands them to its
         session in order and answers with how many it accepted; the caller
         answers its HTTP request only then, so a client that waits for each
         ``202`` keeps its order whichever nodes its requests reach. None when no
-        live node holds ``sid`` (the caller says ``session-expired``).
+        live node holds ``sid`` (the caller says ``session-expired``);
+        :data:`FORBIDDEN` when ``user_id`` (what the request's token proved, with
+        auth on) may not act for the session (:meth:`Hub.identity_refusal`).
         """
-        accepted = await self._ask_owner("s", sid, orjson.dumps(msgs))
-        return accepted if accepted is not None and accepted >= 0 else None
+        accepted = await self._ask_owner("s", sid, orjson.dumps(msgs), user_id or "")
+        return accepted if accepted is not None and accepted not in (-1,) else None
 
-    async def forward_close(self, sid: str) -> bool:
+    async def forward_close(self, sid: str, user_id: str | None = None) -> int | None:
         """``POST /close`` for a session another node holds: that node ends it.
 
-        False when no live node holds ``sid`` (the caller says ``session-expired``).
+        1 when closed; None when no live node holds ``sid`` (the caller says
+        ``session-expired``); :data:`FORBIDDEN` as for :meth:`forward_receive`.
         """
-        closed = await self._ask_owner("c", sid)
-        return closed is not None and closed > 0
+        closed = await self._ask_owner("c", sid, user_id or "")
+        return closed if closed is not None and closed not in (-1, 0) else None
 
     async def _ask_owner(self, kind: str, sid: str, *args: Any) -> int | None:
         """Op ``[kind, sid, this node, request id, *args]`` to the node holding ``sid``.
@@ -1031,9 +1038,20 @@ class Cluster(HubObserver):
             self._emit({from_node}, [answer, reqid, -1])
         return None
 
+    def _refused(self, s: Session, op: list[Any], answer: str, uid: Any) -> bool:
+        """The requester's proven identity (``uid``, "" for none) may not act for ``s``:
+        answer :data:`FORBIDDEN` (the one identity rule of the hub decides)."""
+        identity = Identity(uid, {}) if uid else None
+        if self.hub.identity_refusal(s, identity) is None:
+            return False
+        self._emit({op[2]}, [answer, op[3], FORBIDDEN])
+        return True
+
     def _op_close(self, op: list[Any]) -> None:
         s = self._owned(op, "C")
         if s is not None:
+            if self._refused(s, op, "C", op[4] if len(op) > 4 else ""):
+                return
             self.close_session(s)
             self._emit({op[2]}, ["C", op[3], 1])
 
@@ -1049,6 +1067,8 @@ class Cluster(HubObserver):
     def _op_receive(self, op: list[Any]) -> None:
         s = self._owned(op, "S")
         if s is None:
+            return
+        if self._refused(s, op, "S", op[5] if len(op) > 5 else ""):
             return
         body = op[4]
         if isinstance(body, str):

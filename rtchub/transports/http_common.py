@@ -240,9 +240,13 @@ async def send(request: web.Request) -> web.Response:
         # Another node holds the session (no sticky sessions needed): it
         # receives the messages, in order, and answers before we do.
         assert cluster is not None
-        forwarded = await cluster.forward_receive(sid, msgs)
+        forwarded = await cluster.forward_receive(
+            sid, msgs, identity.user_id if identity is not None else None)
         if forwarded is None:
             return session_expired(request)
+        if forwarded < 0:
+            return error_response(request, 403, ErrorCode.FORBIDDEN,
+                                  "that session belongs to another user")
         return json_response(request, orjson.dumps({"accepted": forwarded}), status=202)
     accepted = receive_all(app.hub, session, msgs)
     return json_response(request, orjson.dumps({"accepted": accepted}), status=202)
@@ -283,7 +287,13 @@ async def close(request: web.Request) -> web.Response:
     if session is None:
         sid = session_id_of(request)
         # Another node holds the session: it closes it there.
-        if app.cluster is not None and sid and await app.cluster.forward_close(sid):
+        closed = await app.cluster.forward_close(
+            sid, identity.user_id if identity is not None else None
+        ) if app.cluster is not None and sid else None
+        if closed is not None and closed < 0:
+            return error_response(request, 403, ErrorCode.FORBIDDEN,
+                                  "that session belongs to another user")
+        if closed:
             return json_response(request, b'{"closed":true}')
         return session_expired(request)
     close_session(app.hub, session)
