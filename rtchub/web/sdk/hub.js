@@ -13,6 +13,7 @@
 // reconnect, which is what keeps a WebRTC negotiation alive through it.
 
 import { Emitter } from './emitter.js';
+import { CLOSE_CODES, RELAY_TYPES } from './protocol.js';
 import { TRANSPORTS } from './transports.js';
 
 export class RtcHubError extends Error {
@@ -27,9 +28,13 @@ export class RtcHubError extends Error {
 const LADDER = ['websocket', 'sse', 'polling'];
 const ONLINE = new Set(['connected', 'resumed', 'rejoined']);
 const UNTRACKED = new Set(['ping', 'resume', 'auth']);
-const RELAY = new Set(['offer', 'answer', 'candidate', 'signal']);
+const RELAY = new Set(RELAY_TYPES);
 /** Close codes after which reconnecting would be wrong (PROTOCOL.md "Close codes"). */
-const FINAL_CLOSE = { 4001: 'unauthorized', 4003: 'forbidden', 4009: 'taken-over' };
+const FINAL_CLOSE = {
+  [CLOSE_CODES.UNAUTHORIZED]: 'unauthorized',
+  [CLOSE_CODES.FORBIDDEN]: 'forbidden',
+  [CLOSE_CODES.TAKEN_OVER]: 'taken-over',
+};
 
 function randomId(prefix, bytes = 5) {
   const a = new Uint8Array(bytes);
