@@ -273,8 +273,31 @@ async def test_cross_node_resume_and_requests_need_the_sessions_own_identity(
         err = await thief.expect("error")
         assert (err["code"], err["id"]) == ("forbidden", "r")
         await thief.close()
+        # Refused by the node that holds it: the session did not even move.
+        assert sid in a.hub.sessions and sid not in b.hub.sessions
         # The owner's token resumes it on B, with nothing missed.
         status, batch = await poll(http, b, sid, 0, mine)
         assert status == 200 and batch[-1]["type"] == "resumed"
         assert [m["type"] for m in batch][:1] == ["room-info"]
         assert sid in b.hub.sessions and b.hub.sessions[sid].user_id == "alice"
+
+
+async def test_cross_node_foreign_resume_does_not_disturb_a_live_session(nodes: Any) -> None:
+    """A foreign token's ``resume`` on another node must not take the session over
+    (which would close its live connection with 4009)."""
+    a, b = await nodes(2, grace_period=10, auth="jwt", jwt_secret=SECRET, auth_timeout=5.0)
+    alice = await Raw.open(a, path=f"/ws?token={token('alice')}")
+    sid = (await alice.expect("welcome"))["sessionId"]
+    await alice.send({"type": "join", "roomId": room_name()})
+    await alice.expect("room-info")
+    await eventually(lambda: sid in a.cluster.meta_known)
+    thief = await Raw.open(b, path=f"/ws?token={token('mallory')}")
+    await thief.expect("welcome")
+    await thief.send({"type": "resume", "sessionId": sid, "lastSeq": 0, "id": "r"})
+    err = await thief.expect("error")
+    assert (err["code"], err["id"]) == ("forbidden", "r")
+    await alice.send({"type": "ping", "timestamp": 5})
+    assert (await alice.expect("pong"))["timestamp"] == 5
+    assert a.hub.sessions[sid].sink is not None and sid not in b.hub.sessions
+    for c in (alice, thief):
+        await c.close()

@@ -63,7 +63,7 @@ from rtchub.broker.base import Broker, BrokerDown, Op, SessionState, make_broker
 from rtchub.core.hub import Hub, HubObserver, JoinRequest
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.ratelimit import TokenBucket
-from rtchub.core.resume import Identity
+from rtchub.core.resume import Identity, ResumeVerdict
 from rtchub.core.room import Member, Room
 from rtchub.core.session import Session
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -719,9 +719,12 @@ class Cluster(HubObserver):
         asyncio.get_running_loop().create_task(self._resume_task(fresh, old_id, last_seq, msg_id))
 
     async def _resume_task(self, fresh: Session, old_id: str, last_seq: int, msg_id: Any) -> None:
-        restored = await self._take(old_id, last_seq)
+        restored, refusal = await self._take(old_id, last_seq, Identity.of(fresh))
         if fresh.ended or fresh.sink is None:
             return  # the client went away meanwhile; the session waits in its grace period
+        if refusal is not None:
+            self.hub.error(fresh, refusal.error(msg_id))
+            return
         if restored is None:
             self.hub.error(fresh, ProtocolError(ErrorCode.SESSION_EXPIRED,
                                                 "session is gone; join again", msg_id))
@@ -731,27 +734,34 @@ class Cluster(HubObserver):
             msg["id"] = msg_id
         self.hub.receive(fresh, msg)  # now local: the hub's own resume replays it
 
-    async def take_over(self, sid: str, last_seq: int) -> Session | None:
+    async def take_over(self, sid: str, last_seq: int, identity: Identity | None = None
+                        ) -> ResumeVerdict | None:
         """Make session ``sid``, held by another node (or only mirrored), a session of this node.
 
         The HTTP transports' resume on another node: an SSE ``Last-Event-ID`` or
         a poll reaching a node that does not hold the session. The same hand-over
         as a WebSocket ``resume`` (:meth:`_resume_task`), but there is no fresh
         session to replace: the caller attaches its transport with
-        :meth:`Hub.attach`, which replays and says ``resumed``. Returns the
-        session (detached until then), or None when no node can give it.
+        :meth:`Hub.resume` after :meth:`Hub.resume_decision`, as for a local
+        session. Returns the holder's refusal (the session is not moved), else
+        None: the session, if any node could give it, is now in ``hub.sessions``.
         """
-        s = self.hub.sessions.get(sid)
-        if s is not None:
-            return None if s.ended else s
-        if not self.ready or sid in self.resuming:
+        if sid in self.hub.sessions or not self.ready or sid in self.resuming:
             return None
         self.resuming[sid] = []
-        return await self._take(sid, last_seq)
+        return (await self._take(sid, last_seq, identity))[1]
 
-    async def _take(self, old_id: str, last_seq: int) -> Session | None:
-        """Hand-over (or restore from the mirror) of ``old_id``; ``resuming[old_id]`` is set."""
+    async def _take(self, old_id: str, last_seq: int, identity: Identity | None
+                    ) -> tuple[Session | None, ResumeVerdict | None]:
+        """Hand-over (or restore from the mirror) of ``old_id``; ``resuming[old_id]`` is set.
+
+        The node holding the session asks its hub's :meth:`Hub.resume_decision`
+        for ``identity`` first and refuses the hand-over when the identity may
+        not have it: a foreign token must not even move the session (its
+        transport would be closed with 4009). The refusal is returned.
+        """
         restored: Session | None = None
+        refusal: ResumeVerdict | None = None
         inbox: list[tuple[str, int, Outgoing, str | None]] = []
         mirrored: set[str] = set()
         try:
@@ -760,14 +770,18 @@ class Cluster(HubObserver):
                 handed = False
                 reqid = secrets.token_hex(6)
                 fut = self.handovers[reqid] = asyncio.get_running_loop().create_future()
+                uid = identity.user_id if identity is not None else ""
                 try:
-                    if await self.broker.request(owner, msgpack.packb([["h", old_id, self.node, reqid]])):
+                    if await self.broker.request(
+                            owner, msgpack.packb([["h", old_id, self.node, reqid, uid]])):
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(fut, HANDOVER_TIMEOUT)
+                            answer = await asyncio.wait_for(fut, HANDOVER_TIMEOUT)
                             handed = True
+                            if answer:
+                                refusal = ResumeVerdict(None, last_seq, answer[0], answer[1])
                 finally:
                     self.handovers.pop(reqid, None)
-                state = await self.broker.take(old_id)
+                state = await self.broker.take(old_id) if refusal is None else None
                 if state is not None:
                     restored, mirrored, nodes = await self._restore(old_id, state, last_seq)
                     inbox = [_inboxed(raw) for raw in state.inbox]
@@ -783,7 +797,7 @@ class Cluster(HubObserver):
             queued = self.resuming.pop(old_id, [])
         if restored is not None:
             self._activate(restored, inbox + queued, mirrored)
-        return restored
+        return restored, refusal
 
     async def _restore(self, sid: str, state: SessionState, last_seq: int
                        ) -> tuple[Session, set[str], set[str]]:
@@ -928,10 +942,15 @@ class Cluster(HubObserver):
         self._note_meta(s)
     def _op_handover(self, op: list[Any]) -> None:
         """Another node resumes our session ``sid``: let go of it, keep nothing."""
-        _, sid, to_node, reqid = op
+        _, sid, to_node, reqid = op[:4]
         hub = self.hub
         s = hub.sessions.get(sid)
         if s is not None:
+            uid = op[4] if len(op) > 4 else ""
+            verdict = hub.resume_decision(sid, s.seq, Identity(uid, {}) if uid else None)
+            if verdict.code in (ErrorCode.FORBIDDEN, ErrorCode.UNAUTHORIZED):
+                self._emit({to_node}, ["H", reqid, verdict.code, verdict.message])
+                return
             sink = s.end()
             if sink is not None:
                 if sink.session is s:
@@ -961,7 +980,7 @@ class Cluster(HubObserver):
     def _op_handed(self, op: list[Any]) -> None:
         fut = self.handovers.get(op[1])
         if fut is not None and not fut.done():
-            fut.set_result(None)
+            fut.set_result(op[2:])  # [] when handed over, [code, message] when refused
 
     # ================================================= HTTP upstream forwarding
     async def forward_receive(self, sid: str, msgs: list[Any], user_id: str | None = None

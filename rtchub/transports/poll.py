@@ -164,12 +164,13 @@ async def handle(request: web.Request) -> web.Response:
     if problem is not None:
         return problem
     sid = session_id_of(request)
+    refusal = None
     if sid and app.cluster is not None and sid not in hub.sessions:
         # Held by another node: take it over; the poll below is then a resume.
-        await app.cluster.take_over(sid, after)
+        refusal = await app.cluster.take_over(sid, after, identity)
     # Every poll asks: the identity must be the session's, and every message
     # after ``after`` must still be buffered (never a silent gap).
-    verdict = hub.resume_decision(sid, after, identity)
+    verdict = refusal or hub.resume_decision(sid, after, identity)
     if not verdict.ok:
         return verdict_response(request, verdict)
     session = verdict.session

@@ -201,11 +201,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     last = _parse_last_event_id(raw_last) if raw_last else None
     identity = verdict.identity
     if last is not None:
+        refusal = None
         if last[0] not in hub.sessions and app.cluster is not None:
             # Held by another node, or only mirrored after its node died: take
             # it over (no sticky sessions needed), then resume it here as usual.
-            await app.cluster.take_over(last[0], last[1])
-        decision = hub.resume_decision(last[0], last[1], identity)
+            refusal = await app.cluster.take_over(last[0], last[1], identity)
+        decision = refusal or hub.resume_decision(last[0], last[1], identity)
         if decision.code in (ErrorCode.FORBIDDEN, ErrorCode.UNAUTHORIZED):
             return verdict_response(request, decision)
     headers = {
