@@ -494,9 +494,17 @@ export class RtcHub extends Emitter {
     this.lastSeq = typeof err.seq === 'number' ? err.seq : 0;
     // A new session: the rooms must be joined again. Un-acked chat is sent
     // again (it may be lost otherwise); un-acked signaling is dropped, it
-    // belonged to peer connections that calls rebuild after `rejoined`.
+    // belonged to peer connections that calls rebuild after `rejoined`. That
+    // holds for signaling queued while offline too (written to no session
+    // yet, but made for the old peer connections). The Python SDK does the
+    // same (rtchub/client/client.py, tests/test_protocol_constants.py).
     const again = [];
     const expired = new RtcHubError('session-expired', err.message || 'session expired');
+    this._queue = this._queue.filter((e) => {
+      if (!RELAY.has(e.msg.type)) return true;
+      e.reject(expired);
+      return false;
+    });
     for (const e of this._unacked.values()) {
       const type = e.msg.type;
       if (RELAY.has(type)) e.reject(expired);
