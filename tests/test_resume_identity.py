@@ -17,8 +17,10 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from rtchub.auth.tokens import mint
+from rtchub.client import Client
 from rtchub.protocol.constants import SESSION_HEADER
 from tests.conftest import Raw, eventually
 from tests.redis_fixture import redis_server  # noqa: F401
@@ -301,3 +303,32 @@ async def test_cross_node_foreign_resume_does_not_disturb_a_live_session(nodes: 
     assert a.hub.sessions[sid].sink is not None and sid not in b.hub.sessions
     for c in (alice, thief):
         await c.close()
+
+
+# ------------------------------------------------------------------ Python SDK
+@pytest.mark.parametrize("transport", ["websocket", "sse", "polling"])
+async def test_python_sdk_keeps_credentials_out_of_urls(make_server: Any, transport: str) -> None:
+    """The SDK proves its identity on every request with auth on, and neither the
+    token nor the session id is ever in a URL it requests."""
+    app = await jwt_server(make_server)
+    bob = await member(app, "r", "bob")
+    urls: list[str] = []
+
+    async def on_start(_session: Any, _ctx: Any, params: Any) -> None:
+        urls.append(str(params.url))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_start)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as http:
+        client = Client(app.url, transport=transport, token=token("alice"), session=http)
+        await client.connect()
+        await client.join("r")
+        assert (await bob.expect("user-joined"))["userId"] == "alice"
+        await client.request({"type": "message", "roomId": "r", "data": "hello"})
+        msg = await bob.expect("message")
+        assert (msg["from"], msg["data"]) == ("alice", "hello")
+        await client.close()
+    assert urls
+    for url in urls:
+        assert "token=" not in url and "session=" not in url, url
+    await bob.close()
