@@ -21,6 +21,7 @@ import pytest
 
 from rtchub.auth.tokens import mint
 from rtchub.client import Client
+from rtchub.client.client import ClientError
 from rtchub.protocol.constants import SESSION_HEADER
 from tests.conftest import Raw, eventually
 from tests.redis_fixture import redis_server  # noqa: F401
@@ -331,4 +332,25 @@ async def test_python_sdk_keeps_credentials_out_of_urls(make_server: Any, transp
     assert urls
     for url in urls:
         assert "token=" not in url and "session=" not in url, url
+    await bob.close()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "polling"])
+async def test_python_sdk_refreshes_its_token_before_expiry(make_server: Any, transport: str) -> None:
+    app = await jwt_server(make_server, grace_period=1)
+    bob = await member(app, "r", "bob")
+    async with Client(app.url, transport=transport, token=token("alice", ttl=3)) as client:
+        warned = asyncio.Event()
+        client.on("token-expiring", lambda _m: warned.set())
+        await client.join("r")
+        await bob.expect("user-joined")
+        await asyncio.wait_for(warned.wait(), 5)
+        assert (await client.refresh_token(token("alice", ttl=600)))["type"] == "ack"
+        await asyncio.sleep(3)  # past the first token's expiry
+        await client.request({"type": "message", "roomId": "r", "data": "still here"})
+        assert (await bob.expect("message"))["data"] == "still here"
+        assert "closed" not in client.states and "reconnecting" not in client.states, client.states
+        with pytest.raises(ClientError) as refused:
+            await client.refresh_token(token("mallory"))
+        assert refused.value.code == "forbidden"
     await bob.close()

@@ -499,6 +499,22 @@ class Client:
             self.user_id = user_id
         return info
 
+    async def refresh_token(self, token: str) -> dict[str, Any]:
+        """Replace the session's token before it expires (answer to ``token-expiring``).
+
+        Sends an ``auth`` message with it (under the current token, which is
+        still valid when this answers ``token-expiring``) and, once the server
+        accepted it, uses it from then on: for every HTTP request of SSE and
+        polling (which prove the identity per request) and for reconnects.
+        Returns the ``ack``; a token for another user raises :class:`ClientError`
+        ``forbidden`` and the current token stays.
+        """
+        ack = await self.request({"type": "auth", "token": token})
+        self.token = token
+        if self._transport is not None:
+            self._transport.token = token
+        return ack
+
     async def leave(self, room_id: str) -> None:
         self.rooms.pop(room_id, None)
         await self.request({"type": "leave", "roomId": room_id})

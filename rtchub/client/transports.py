@@ -24,6 +24,9 @@ class TransportClosed(Exception):
 class Transport:
     name = "?"
     close_code: int | None = None
+    #: The token the transport sends with its requests (HTTP transports send
+    #: it with every request; a WebSocket only at the handshake).
+    token: str | None = None
 
     async def send(self, msg: dict[str, Any]) -> None:
         raise NotImplementedError

@@ -193,6 +193,24 @@ export class RtcHub extends Emitter {
       if (this._writable) this._write(msg);
       return Promise.resolve(null);
     }
+    return this._tracked(msg);
+  }
+
+  /**
+   * Replace the token before it expires (the answer to `token-expiring`).
+   * Sends an `auth` message under the current token and, once the server
+   * acked it, uses the new one from then on: on every SSE/polling request
+   * (which prove the identity per request) and for reconnects. Rejects with
+   * RtcHubError `forbidden` for another user's token; the current one stays.
+   */
+  async refreshToken(token) {
+    const ack = await this._tracked({ type: 'auth', token });
+    this.token = token;
+    if (this._t) this._t.token = token;
+    return ack;
+  }
+
+  _tracked(msg) {
     const out = { ...msg };
     if (out.id === undefined || out.id === null) out.id = this._idPrefix + this._nextId++;
     let entry;

@@ -285,8 +285,13 @@ export class SseTransport extends HttpTransport {
     }
     // The browser would reconnect by itself with Last-Event-ID; RtcHub does
     // it instead (with backoff, fallback and an explicit resume), so any
-    // error ends this transport.
-    es.onerror = () => this._ended(CLOSE_ABNORMAL, 'event stream failed');
+    // connection error ends this transport. A server `error` message arrives
+    // as an event named "error" too, which also calls onerror: it is a
+    // MessageEvent with data, handled above, and must not end the stream.
+    es.onerror = (ev) => {
+      if (typeof ev.data === 'string') return;
+      this._ended(CLOSE_ABNORMAL, 'event stream failed');
+    };
   }
 
   _teardown() {
