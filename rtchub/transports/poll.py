@@ -60,15 +60,17 @@ class PollSink:
     """A polling client as the hub sees it: a :class:`~rtchub.core.session.Sink`."""
 
     __slots__ = ("session", "transport_name", "hub", "waiter", "waiter_request", "last_poll",
-                 "closed_with", "welcome")
+                 "closed_with", "welcome", "peer")
     #: Over polling, resume is the poll itself: a ``resume`` message would move
     #: the poller onto another session under the id it keeps polling with.
     resume_hint: str | None = (
         "over polling, resume by polling the old session: GET /poll?session=OLD&after=LASTSEQ")
 
-    def __init__(self, hub: Hub, now: float) -> None:
+    def __init__(self, hub: Hub, now: float, peer: str = "") -> None:
         self.session: Session | None = None
         self.transport_name = "polling"
+        #: The client's address (the gatekeeper's verdict): what the connection log shows.
+        self.peer = peer
         self.hub = hub
         self.waiter: asyncio.Future[str] | None = None
         self.waiter_request: web.Request | None = None
@@ -133,7 +135,7 @@ async def open_session(request: web.Request) -> web.Response:
     verdict = await admit(request)
     if not verdict.ok:
         return refused(request, verdict)
-    sink = PollSink(app.hub, asyncio.get_running_loop().time())
+    sink = PollSink(app.hub, asyncio.get_running_loop().time(), verdict.client)
     session = app.hub.open(sink, user_id=verdict.user_id, display_name=verdict.display_name,
                            claims=verdict.claims)
     registry.pollers.add(sink)
@@ -182,7 +184,8 @@ async def handle(request: web.Request) -> web.Response:
         # it: this poll is a resume (PROTOCOL.md "Sessions, heartbeat, resume").
         if registry.stopping:
             return error_response(request, 503, ErrorCode.INTERNAL, "server shutting down")
-        sink = PollSink(hub, loop.time())
+        sink = PollSink(hub, loop.time(),
+                        app.gatekeeper.client_address(request.remote or "", request.headers))
         registry.pollers.add(sink)
         hub.resume(verdict, sink, identity)
     if sink.waiter is not None:
