@@ -32,7 +32,7 @@ ERROR_CODES = ErrorCode.ALL
 #: HTTP transports' ``close`` pseudo-message.
 CLOSE_CODES = {c.name: int(c) for c in CloseCode}
 
-GENERATED_BY = "python -m rtchub.protocol.constants > rtchub/web/sdk/protocol.js"
+GENERATED_BY = "make docs (python -m rtchub.protocol.constants > rtchub/web/sdk/protocol.js)"
 
 
 def browser_module() -> str:

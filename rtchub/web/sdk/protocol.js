@@ -1,5 +1,5 @@
 // The protocol's names, generated from rtchub/protocol/constants.py: do not edit.
-// Regenerate with: python -m rtchub.protocol.constants > rtchub/web/sdk/protocol.js
+// Regenerate with: make docs (python -m rtchub.protocol.constants > rtchub/web/sdk/protocol.js)
 // (tests/test_protocol_constants.py fails when this file and the server differ.)
 
 export const CLIENT_TYPES = Object.freeze(["join","leave","message","ping","auth","resume","offer","answer","candidate","signal"]);
