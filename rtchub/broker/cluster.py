@@ -141,8 +141,8 @@ class Cluster(HubObserver):
         #: POST /send forwarded to the owning node, waiting for its answer: reqid -> future.
         self.forwards: dict[str, asyncio.Future[int]] = {}
         #: How the owning node hands a forwarded POST /send body to its session
-        #: (messages in order; returns how many were accepted). The HTTP transports
-        #: replace it with their own (rtchub.transports.http_common.receive_all).
+        #: (messages in order; returns how many were accepted): the same loop as
+        #: rtchub.transports.http_common.receive_all.
         self.receive_batch: Any = self._receive_batch
         #: Cluster-wide room lifecycle, for the webhooks (a node's own Room objects
         #: come and go with its local members, so they would fire once per node):

@@ -15,9 +15,10 @@ SDKs send the id in the :data:`SESSION_HEADER` header rather than the URL
 (``?session=`` stays accepted for other clients), so proxies that log URLs do
 not log it; rtchub itself keeps no access log.
 
-``register(app)`` adds the routes and one :class:`HttpTransports` service that
-sweeps every open stream and poller once a second (one timer for all of them,
-as :mod:`rtchub.transports.liveness` does for WebSocket).
+:func:`rtchub.transports.http_routes.register` adds the routes and one
+:class:`HttpTransports` service that sweeps every open stream and poller once
+a second (one timer for all of them, as :mod:`rtchub.transports.liveness`
+does for WebSocket).
 """
 
 from __future__ import annotations
@@ -367,29 +368,6 @@ class HttpTransports:
                 self.pollers.discard(poller)
                 poller.session = None
                 hub.detach(session, clean=False, reason="timeout")
-
-
-def register(app: RtcHub) -> HttpTransports:
-    """Add ``/sse``, ``/poll/open``, ``/poll``, ``/send``, ``/close`` and their preflights."""
-    from rtchub.transports import poll, sse
-
-    registry = HttpTransports(app)
-    app.http[SERVER_KEY] = app
-    app.http[REGISTRY_KEY] = registry
-    app.services.append(registry)
-    cluster = getattr(app, "cluster", None)
-    if cluster is not None:
-        hub = app.hub
-        cluster.close_session = lambda session: close_session(hub, session)
-    r = app.http.router
-    r.add_get("/sse", sse.handle, allow_head=False)
-    r.add_post("/poll/open", poll.open_session)
-    r.add_get("/poll", poll.handle, allow_head=False)
-    r.add_post("/send", send)
-    r.add_post("/close", close)
-    for path in ("/sse", "/poll/open", "/poll", "/send", "/close"):
-        r.add_route("OPTIONS", path, preflight)
-    return registry
 
 
 def registry_of(request: web.Request) -> HttpTransports:
