@@ -354,3 +354,25 @@ async def test_python_sdk_refreshes_its_token_before_expiry(make_server: Any, tr
             await client.refresh_token(token("mallory"))
         assert refused.value.code == "forbidden"
     await bob.close()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "polling"])
+async def test_python_sdk_resumes_under_auth_after_a_server_close(make_server: Any,
+                                                                 transport: str) -> None:
+    """The SDK's own resume (a ``resume`` message, or a poll of the old session) proves
+    the identity like any other request: with its token it gets its session back."""
+    app = await jwt_server(make_server, max_msg_rate=0)
+    bob = await member(app, "r", "bob")
+    async with Client(app.url, transport=transport, token=token("alice"),
+                      backoff_base=0.05) as client:
+        await client.join("r")
+        await bob.expect("user-joined")
+        old = client.session_id
+        app.hub.close(app.hub.sessions[old], 1011, "test")
+        for i in range(3):
+            await bob.send({"type": "message", "roomId": "r", "to": "alice", "data": i})
+        got = [(await client.recv_type("message", timeout=10))["data"] for _ in range(3)]
+        assert got == [0, 1, 2]
+        await eventually(lambda: "resumed" in client.states)
+        assert client.session_id == old and "rejoined" not in client.states
+    await bob.close()
