@@ -8,9 +8,12 @@ PORT ?= 8080
 # packages whose binary is missing get installed (node may come from elsewhere).
 SYSTEM_DEPS := /usr/bin/chromium=chromium /usr/bin/redis-server=redis-server \
 	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm \
-	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2
+	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2 \
+	/usr/bin/janus=janus /usr/bin/janus-pp-rec=janus-tools /usr/bin/ffmpeg=ffmpeg
+# What `make run` needs: Janus, so that an SFU call (--sfu local) works out of the box.
+RUN_DEPS := /usr/bin/janus=janus
 
-.PHONY: run test test-fast bench lint docs system-deps clean
+.PHONY: run test test-fast bench lint docs system-deps run-deps install-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,7 +34,13 @@ bench/node_modules/.installed: bench/package.json bench/package-lock.json
 
 # apt-get only when something is missing and we may (root); otherwise say what is missing.
 system-deps:
-	@missing=""; for pair in $(SYSTEM_DEPS); do bin=$${pair%%=*}; pkg=$${pair#*=}; \
+	@$(MAKE) --no-print-directory install-deps DEPS="$(SYSTEM_DEPS)"
+
+run-deps:
+	@$(MAKE) --no-print-directory install-deps DEPS="$(RUN_DEPS)"
+
+install-deps:
+	@missing=""; for pair in $(DEPS); do bin=$${pair%%=*}; pkg=$${pair#*=}; \
 	  command -v $$(basename $$bin) >/dev/null 2>&1 || [ -x $$bin ] || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -40,8 +49,10 @@ system-deps:
 	  else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
-run: $(VENV)/.installed
-	$(BIN)/rtchub serve --host $(HOST) --port $(PORT)
+# SFU=local (default) starts a supervised Janus; SFU= runs without one (mesh only).
+SFU ?= local
+run: run-deps $(VENV)/.installed
+	$(BIN)/rtchub serve --host $(HOST) --port $(PORT) $(if $(SFU),--sfu $(SFU))
 
 test: system-deps $(VENV)/.installed-test bench/node_modules/.installed
 	$(BIN)/ruff check rtchub tests
