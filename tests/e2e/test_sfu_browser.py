@@ -21,9 +21,9 @@ from tests.conftest import Servers
 from tests.e2e.conftest import PageWatch, in_private_network, require_private_network
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
-#: Pages in the big-room test: 10 is what the issue asks; the default is kept
-#: lower because the test machine's two cores are shared (RTCHUB_SFU_PAGES=10 to run it).
-PAGES = int(os.environ.get("RTCHUB_SFU_PAGES", "4"))
+#: Pages in the big-room test (10, as issue 15 asks: it passed on the shared 2-core machine in
+#: ~35 s). RTCHUB_SFU_PAGES=4 runs a smaller room on a slower machine.
+PAGES = int(os.environ.get("RTCHUB_SFU_PAGES", "10"))
 SMALL_VIDEO = {"width": 320, "height": 240, "frameRate": 15}
 
 
