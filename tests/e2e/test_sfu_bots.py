@@ -23,6 +23,7 @@ from rtchub.settings import Settings
 from rtchub.sfu.supervisor import LocalJanus
 from tests.conftest import Servers
 from tests.e2e.conftest import require_private_network
+from tests.redis_fixture import redis_server  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 SECRET = "sfu-test-secret-0123456789-0123456789"
@@ -287,3 +288,26 @@ async def test_kill_one_of_two_sfu_urls_room_moves(make_server: Servers, bots: l
     n = r2[1][1].frames_of("a2")
     await r2[1][1].wait_frames("a2", n + 15)
     print(f"\nmedia back after kill -9 of one of two --sfu-url Janus: {max(took):.2f}s")
+
+
+async def test_cluster_nodes_agree_on_placement_and_media_crosses_nodes(
+        make_server: Servers, bots: list, janus_pair: list[LocalJanus], redis_server: Any) -> None:  # noqa: F811
+    """Two rtchub nodes on one Redis, two Janus: a room's members on both nodes meet on one Janus."""
+    urls = [j.url for j in janus_pair]
+    nodes = [await make_server(**sfu_settings(sfu_url=urls, sfu_api_secret="pair-secret",
+                                              broker=redis_server.url, node_id=f"sfu-n{i}",
+                                              node_ttl=1.0))
+             for i in range(2)]
+    alice = await bot(nodes[0], "alice", "xnode", media="sfu")
+    bob = await bot(nodes[1], "bob", "xnode")            # the mode came from the broker
+    bots += [alice, bob]
+    assert nodes[1].hub.rooms["xnode"].media == "sfu"
+    await alice[1].publish([SyntheticVideo()])
+    await bob[1].publish([SyntheticVideo()])
+    await advancing(bob[1], "alice")
+    await advancing(alice[1], "bob")
+    # One placement, seen alike from both nodes, and both nodes' handles on that Janus.
+    placed = [await n.sfu.placement.lookup("xnode") for n in nodes]
+    assert placed[0] == placed[1] is not None
+    for n in nodes:
+        assert {p.server.key for p in n.sfu.peers.values()} == {placed[0].server}
