@@ -104,6 +104,7 @@ class SfuMedia:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.errors: list[dict[str, Any]] = []
         self.republished = asyncio.Event()
+        self.closed = False
         for mtype, cb in (("tracks", self._on_tracks), ("tracks-published", self._on_published),
                           ("tracks-unpublished", self._on_unpublished),
                           ("track-muted", self._on_muted), ("publish-answer", self._on_answer),
@@ -204,6 +205,8 @@ class SfuMedia:
     async def _answer_offer(self, msg: dict[str, Any]) -> None:
         aiortc = _aiortc()
         async with self._lock:
+            if self.closed:
+                return
             for st in msg.get("streams", []):
                 if st.get("trackId"):
                     self._mids[st["mid"]] = st["trackId"]
@@ -252,6 +255,8 @@ class SfuMedia:
 
     # ---------------------------------------------------------------- failure
     def _on_reset(self, msg: dict[str, Any]) -> None:
+        if self.closed:
+            return
         self.resets += 1
         self.republished.clear()
         self._spawn(self._restart())
@@ -277,6 +282,7 @@ class SfuMedia:
         self.republished.set()
 
     async def close(self) -> None:
+        self.closed = True
         for task in list(self._tasks) + list(self._readers.values()):
             task.cancel()
         for pc in (self.pub, self.sub):

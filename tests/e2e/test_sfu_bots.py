@@ -8,7 +8,10 @@ aiortc has no ICE servers, so no media packet can leave the namespace.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -311,3 +314,15 @@ async def test_cluster_nodes_agree_on_placement_and_media_crosses_nodes(
     assert placed[0] == placed[1] is not None
     for n in nodes:
         assert {p.server.key for p in n.sfu.peers.values()} == {placed[0].server}
+
+
+def test_bench_sfu_scenario_runs() -> None:
+    """``rtchub bench``'s SFU scenario stays runnable (numbers go to make bench, not asserted)."""
+    require_private_network()
+    done = subprocess.run([sys.executable, "-m", "rtchub.bench.sfu", "--quick"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(result["mesh_first_frame_ms"]["all"]) == len(result["sfu_first_frame_ms"]["all"]) == 5
+    assert result["subscriber_fps"] > 0 and result["janus_cpu_pct_per_stream"] > 0
+    assert result["rtchub_cpu_ms_per_sfu_join"] > 0
