@@ -30,6 +30,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtchub.broker.base import Broker, BrokerDown
@@ -141,6 +142,9 @@ class SfuService(HubObserver):
         self.local: LocalJanus | None = None
         if s.sfu == "local":
             self.local = LocalJanus(s)
+            if not Path(self.local.binary).exists():
+                raise ValueError(f"--sfu local needs Janus, and {self.local.binary} is missing "
+                                 "(apt-get install janus; make run installs it)")
             self.servers["local"] = Server("local", "", "")
             self.local.on_up.append(self._local_up)
             self.local.on_down.append(lambda _j: self._lost(self.servers["local"]))
