@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -40,8 +43,21 @@ TRANSPORTS_DIR = "/usr/lib/x86_64-linux-gnu/janus/transports"
 OTHER_PLUGINS = ("audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip",
                  "streaming", "textroom", "videocall", "voicemail")
 OTHER_TRANSPORTS = ("http", "mqtt", "nanomsg", "pfunix", "rabbitmq")
+PR_SET_PDEATHSIG = 1
 #: Seconds to wait for a fresh Janus to accept WebSocket connections.
 START_TIMEOUT = 10.0
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: own process group (a Ctrl-C of rtchub's terminal is
+    rtchub's to handle), and SIGTERM when rtchub dies, even by kill -9: an orphaned
+    Janus would keep its ports and nobody would supervise it (prctl(2) PR_SET_PDEATHSIG)."""
+    os.setsid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's stop() still ends it
+        pass
 
 
 def _free_port() -> int:
@@ -169,7 +185,7 @@ class LocalJanus:
             self.binary, "-F", str(self.folder), "-C", str(self.folder / "janus.jcfg"), "-o",
             "-N", "-L", str(log_path),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+            stderr=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self.url = f"ws://127.0.0.1:{port}"
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -326,3 +327,27 @@ def test_bench_sfu_scenario_runs() -> None:
     assert len(result["mesh_first_frame_ms"]["all"]) == len(result["sfu_first_frame_ms"]["all"]) == 5
     assert result["subscriber_fps"] > 0 and result["janus_cpu_pct_per_stream"] > 0
     assert result["rtchub_cpu_ms_per_sfu_join"] > 0
+
+
+def test_local_janus_dies_with_a_killed_rtchub(server_process: Any) -> None:
+    """kill -9 of rtchub must not leave an orphaned Janus holding its ports."""
+    import psutil
+
+    require_private_network()
+    proc = server_process("--sfu", "local", "--sfu-ice-ip", os.environ["RTCHUB_NETNS"])
+    rtchub = psutil.Process(proc.proc.pid)
+    deadline = time.monotonic() + 10
+    while not (kids := [p for p in rtchub.children() if p.name() == "janus"]):
+        assert time.monotonic() < deadline, "no Janus child"
+        time.sleep(0.05)
+    janus = kids[0]
+    folder = janus.cmdline()[janus.cmdline().index("-F") + 1]
+    proc.proc.kill()
+    proc.proc.wait(5)
+    try:
+        janus.wait(10)  # psutil.TimeoutExpired if it outlives its parent
+        assert not janus.is_running()
+    finally:
+        if janus.is_running():
+            janus.kill()
+        shutil.rmtree(folder, ignore_errors=True)  # a killed rtchub cannot clean up
