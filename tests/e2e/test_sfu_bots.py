@@ -244,6 +244,14 @@ async def test_kill_local_janus_media_comes_back(make_server: Servers, bots: lis
     took = [await time_until_media(bob[1], "alice", killed),
             await time_until_media(alice[1], "bob", killed)]
     assert local.pid != old_pid and local.restarts == 1
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{app.url}/metrics") as resp:
+            text = await resp.text()
+        assert "rtchub_sfu_local_restarts_total 1.0" in text
+        assert 'rtchub_sfu_up{server="local"} 1.0' in text
+        assert 'rtchub_sfu_events_total{event="resets"} 1.0' in text
+        async with http.get(f"{app.url}/readyz") as resp:
+            assert resp.status == 200
     await advancing(bob[1], "alice")
     await advancing(alice[1], "bob")
     print(f"\nmedia back after kill -9 of --sfu local Janus: {max(took):.2f}s")
