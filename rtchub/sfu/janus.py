@@ -69,8 +69,13 @@ class JanusConnection:
         self.lost = False
 
     # ---------------------------------------------------------------- lifecycle
-    async def open(self, timeout: float = 5.0) -> JanusConnection:
-        """Connect and create the Janus session. Raises :class:`JanusGone` when unreachable."""
+    async def open(self, timeout: float = 5.0, *, claim: int | None = None) -> JanusConnection:
+        """Connect and create the Janus session. Raises :class:`JanusGone` when unreachable.
+
+        ``claim``: take over an existing session instead (one whose connection
+        closed: an rtchub node died), with its handles and their media; Janus
+        allows it within its ``reclaim_session_timeout``.
+        """
         self._http = aiohttp.ClientSession()
         try:
             self._ws = await self._http.ws_connect(
@@ -82,11 +87,15 @@ class JanusConnection:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._read()))
         try:
-            answer = await self.request({"janus": "create"}, session=False, timeout=timeout)
+            if claim is not None:
+                self.session_id = claim
+                await self.request({"janus": "claim"}, timeout=timeout)
+            else:
+                answer = await self.request({"janus": "create"}, session=False, timeout=timeout)
+                self.session_id = int(answer["data"]["id"])
         except BaseException:
             await self.close()
             raise
-        self.session_id = int(answer["data"]["id"])
         self._tasks.append(loop.create_task(self._keepalive()))
         return self
 
@@ -235,6 +244,10 @@ class JanusConnection:
                 self._fail_all(JanusGone(f"Janus at {self.url} is gone"))
                 if self.on_lost is not None:
                     self.on_lost(self)
+
+    def listen(self, handle: int, listener: EventListener) -> None:
+        """Hear the unsolicited events of ``handle`` (one of a claimed session)."""
+        self._listeners[handle] = listener
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         tx = msg.get("transaction")

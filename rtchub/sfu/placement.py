@@ -36,6 +36,12 @@ def tracks_map(room_id: str) -> str:
     return f"sfu:tracks:{room_id}"
 
 
+def peers_map(room_id: str) -> str:
+    """The map of a room's members' Janus handles: sessionId -> record (service._save),
+    read by the node a session resumes on after its own node died."""
+    return f"sfu:peers:{room_id}"
+
+
 @dataclass(frozen=True)
 class Placed:
     server: str

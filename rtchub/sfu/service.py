@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from rtchub.broker.base import Broker, BrokerDown
 from rtchub.core.hub import Hub, HubObserver, JoinRequest
 from rtchub.core.room import MEDIA_MODES, Member, Room
@@ -40,7 +42,7 @@ from rtchub.core.session import Session
 from rtchub.protocol import messages as m
 from rtchub.protocol.errors import ErrorCode, ProtocolError
 from rtchub.sfu.janus import JanusConnection, JanusError, JanusGone
-from rtchub.sfu.placement import Placed, Placement, SharedState
+from rtchub.sfu.placement import Placed, Placement, SharedState, peers_map
 from rtchub.sfu.supervisor import LocalJanus
 
 if TYPE_CHECKING:
@@ -164,6 +166,8 @@ class SfuService(HubObserver):
         #: Request chains of members whose Peer is being made (first publish/subscribe).
         self._pending_chain: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._reconnector: asyncio.Task[None] | None = None
+        #: Janus sessions of dead nodes that this node claimed: (server, session id) -> connection.
+        self.adopted: dict[tuple[str, int], JanusConnection] = {}
         self.stats = {"publishes": 0, "subscribes": 0, "resets": 0, "errors": 0}
         hub = self.hub
         hub.media_policy = self._media_policy
@@ -203,6 +207,8 @@ class SfuService(HubObserver):
             server.enabled = False
             if server.conn is not None:
                 await server.conn.close()
+        for conn in list(self.adopted.values()):
+            await conn.close()
         if self.local is not None:
             await self.local.stop()
 
@@ -376,6 +382,83 @@ class SfuService(HubObserver):
         self.hub.send_msg(session, {"type": "tracks", "roomId": room_id,
                                     "tracks": [self._public(tid, t) for tid, t in tracks.items()]})
 
+    # ================================================================ node failure
+    async def _save(self, peer: Peer) -> None:
+        """Record what another node needs to take this member's media over (cluster only)."""
+        record = {"n": self.hub.node_id, "s": peer.server.key, "j": peer.conn.session_id,
+                  "jr": peer.placed.janus_room, "f": peer.feed, "p": peer.pub, "b": peer.sub,
+                  "up": peer.pub_up, "pub": peer.published, "a": sorted(peer.announced),
+                  "w": sorted(peer.want), "h": {t: list(v) for t, v in peer.have.items()}}
+        await self.shared.broker.map_set(peers_map(peer.room_id), peer.session.id,
+                                         orjson.dumps(record).decode())
+
+    def session_resumed(self, session: Session, replayed: int) -> None:
+        if not self.clustered:
+            return
+        for room_id in session.rooms:
+            room = self.hub.rooms.get(room_id)
+            if room is not None and room.media == "sfu" and (room_id, session.id) not in self.peers:
+                self._spawn(self._adopt(session, room_id))
+
+    async def _adopt(self, session: Session, room_id: str) -> None:
+        """A session resumed here from another node: take its Janus handles over.
+
+        The node that made them died; Janus kept its session (and the media of
+        its handles) for ``reclaim_session_timeout``, and a ``claim`` on a new
+        connection makes it ours. The client notices nothing: no renegotiation.
+        """
+        try:
+            raw = (await self.shared.broker.map_all(peers_map(room_id))).get(session.id)
+        except BrokerDown:
+            return
+        if raw is None:
+            return
+        rec = orjson.loads(raw)
+        server = self.servers.get(rec["s"])
+        if rec["n"] == self.hub.node_id or server is None or not server.url:
+            return
+        key = (server.key, int(rec["j"]))
+        conn = self.adopted.get(key)
+        if conn is None or not conn.alive:
+            conn = JanusConnection(server.url, server.secret,
+                                   on_lost=lambda c: self._lost_adopted(c))
+            try:
+                await conn.open(claim=int(rec["j"]))
+            except (JanusGone, JanusError) as exc:
+                log.warning("could not claim Janus session of node %s: %s", rec["n"], exc)
+                self.hub.send_msg(session, {"type": "media-reset", "roomId": room_id,
+                                            "reason": "sfu-lost"})
+                return
+            self.adopted[key] = conn
+        if session.ended or room_id not in session.rooms or (room_id, session.id) in self.peers:
+            return
+        peer = Peer(session, room_id, server, conn, Placed(server.key, rec["jr"]))
+        peer.feed, peer.pub, peer.sub, peer.pub_up = rec["f"], rec["p"], rec["b"], rec["up"]
+        peer.published = rec["pub"]
+        peer.announced = set(rec["a"])
+        peer.want = set(rec["w"])
+        peer.have = {t: (v[0], v[1]) for t, v in rec["h"].items()}
+        if peer.pub is not None:
+            conn.listen(peer.pub, lambda ev: self._pub_event(peer, ev))
+        if peer.sub is not None:
+            conn.listen(peer.sub, lambda ev: self._sub_event(peer, ev))
+        self.peers[(room_id, session.id)] = peer
+        with contextlib.suppress(BrokerDown):
+            await self._save(peer)
+        log.info("took over the media of %s in %s from node %s", peer.user_id, room_id, rec["n"])
+
+    def _lost_adopted(self, conn: JanusConnection) -> None:
+        for key, c in list(self.adopted.items()):
+            if c is conn:
+                del self.adopted[key]
+        for (room_id, sid), peer in list(self.peers.items()):
+            if peer.conn is conn:
+                peer.dead = True
+                del self.peers[(room_id, sid)]
+                if not peer.session.ended:
+                    self.hub.send_msg(peer.session, {"type": "media-reset", "roomId": room_id,
+                                                     "reason": "sfu-lost"})
+
     def member_left(self, room: Room, member: Member, reason: str) -> None:
         peer = self.peers.get((room.id, member.session.id))
         if peer is not None:
@@ -453,6 +536,8 @@ class SfuService(HubObserver):
                                             "nothing published or subscribed in this room yet", msg_id)
                     peer = await self._new_peer(session, room.id, msg_id)
                 await work(peer)
+                if self.clustered and not peer.dead:
+                    await self._save(peer)
             except ProtocolError as err:
                 if err.msg_id is None:
                     err.msg_id = msg_id
@@ -541,6 +626,9 @@ class SfuService(HubObserver):
         self._forget_tracks(peer.room_id, gone)
 
         async def free() -> None:
+            if self.clustered:
+                with contextlib.suppress(BrokerDown):
+                    await self.shared.broker.map_set(peers_map(peer.room_id), peer.session.id, None)
             for tid in [t["trackId"] for t in peer.published.values()]:
                 with contextlib.suppress(BrokerDown):
                     await self.shared.drop_track(peer.room_id, tid)
@@ -646,6 +734,8 @@ class SfuService(HubObserver):
         self.hub.publish(peer.room_id, {
             "type": "tracks-published", "roomId": peer.room_id, "userId": peer.user_id,
             "tracks": [self._public(t["trackId"], t) for t in fresh]})
+        if self.clustered:
+            await self._save(peer)
 
     async def _unannounce(self, peer: Peer, tracks: list[dict[str, Any]]) -> None:
         gone = [t["trackId"] for t in tracks if t["trackId"] in peer.announced]

@@ -44,6 +44,7 @@ OTHER_PLUGINS = ("audiobridge", "duktape", "echotest", "lua", "nosip", "recordpl
                  "streaming", "textroom", "videocall", "voicemail")
 OTHER_TRANSPORTS = ("http", "mqtt", "nanomsg", "pfunix", "rabbitmq")
 PR_SET_PDEATHSIG = 1
+RECLAIM_TIMEOUT = 30
 #: Seconds to wait for a fresh Janus to accept WebSocket connections.
 START_TIMEOUT = 10.0
 
@@ -78,8 +79,14 @@ def _lib_dir(default: str) -> str:
 
 
 def janus_config(folder: Path, *, ws_port: int, api_secret: str, rtp_ports: str,
-                 ice_ip: str = "", nat_ip: str = "", debug_level: int = 3) -> None:
-    """Write janus.jcfg, the VideoRoom and the WebSocket transport configs into ``folder``."""
+                 ice_ip: str = "", nat_ip: str = "", debug_level: int = 3,
+                 reclaim_timeout: int = RECLAIM_TIMEOUT) -> None:
+    """Write janus.jcfg, the VideoRoom and the WebSocket transport configs into ``folder``.
+
+    ``reclaim_timeout``: seconds Janus keeps a session whose WebSocket closed, so
+    that another rtchub node can ``claim`` it (and its media keeps flowing) when
+    the node that made it died.
+    """
     plugins = ",".join(f"libjanus_{p}.so" for p in OTHER_PLUGINS)
     transports = ",".join(f"libjanus_{t}.so" for t in OTHER_TRANSPORTS)
     nat = ['\tnice_debug = false', '\tice_ignore_list = "vmnet"']
@@ -97,6 +104,7 @@ def janus_config(folder: Path, *, ws_port: int, api_secret: str, rtp_ports: str,
 \tapi_secret = "{api_secret}"
 \tserver_name = "rtchub-local"
 \tsession_timeout = 60
+\treclaim_session_timeout = {reclaim_timeout}
 \tprotected_folders = ["/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/sbin", "/sys", "/usr", "/var"]
 }}
 media: {{
@@ -138,12 +146,13 @@ class LocalJanus:
     """A Janus child process, restarted when it dies. A service of the app (start/stop)."""
 
     def __init__(self, settings: Settings, *, binary: str = "janus", api_secret: str = "",
-                 restart: bool = True) -> None:
+                 restart: bool = True, reclaim_timeout: int = RECLAIM_TIMEOUT) -> None:
         """``api_secret``: a fixed one (default: random per start); ``restart=False`` runs
         a Janus that stays dead when killed (a stand-alone server for ``--sfu-url`` tests)."""
         self.settings = settings
         self.fixed_secret = api_secret
         self.restart = restart
+        self.reclaim_timeout = reclaim_timeout
         self.binary = shutil.which(binary) or binary
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
@@ -179,7 +188,8 @@ class LocalJanus:
         port = s.sfu_ws_port or _free_port()
         self.api_secret = self.fixed_secret or secrets.token_urlsafe(24)
         janus_config(self.folder, ws_port=port, api_secret=self.api_secret,
-                     rtp_ports=s.sfu_rtp_ports, ice_ip=s.sfu_ice_ip, nat_ip=s.sfu_nat_ip)
+                     rtp_ports=s.sfu_rtp_ports, ice_ip=s.sfu_ice_ip, nat_ip=s.sfu_nat_ip,
+                     reclaim_timeout=self.reclaim_timeout)
         log_path = self.folder / "janus.log"
         self.proc = await asyncio.create_subprocess_exec(
             self.binary, "-F", str(self.folder), "-C", str(self.folder / "janus.jcfg"), "-o",

@@ -359,3 +359,56 @@ def test_local_janus_dies_with_a_killed_rtchub(server_process: Any) -> None:
         if janus.is_running():
             janus.kill()
         shutil.rmtree(folder, ignore_errors=True)  # a killed rtchub cannot clean up
+
+
+async def test_node_killed_during_sfu_call_media_flows_signaling_resumes(
+        redis_server: Any, server_process: Any, bots: list) -> None:  # noqa: F811
+    """kill -9 of the rtchub node a publisher is connected to: its media keeps flowing
+    through Janus, the client resumes on another node, and that node takes the member's
+    Janus handles over (``claim``), so signaling works on from there."""
+    require_private_network()
+    reclaim = 4
+    janus = LocalJanus(Settings(sfu_ice_ip=os.environ["RTCHUB_NETNS"], sfu_rtp_ports="34000-34999"),
+                       api_secret="kill-secret", restart=False, reclaim_timeout=reclaim)
+    await janus.start()
+    try:
+        common = ("--broker", redis_server.url, "--node-ttl", "1", "--grace-period", "15",
+                  "--sfu-url", janus.url, "--sfu-api-secret", "kill-secret", "--media-mode", "sfu",
+                  "--log-level", "warning")
+        victim = server_process(*common, "--node-id", "sfu-victim")
+        survivor = server_process(*common, "--node-id", "sfu-survivor")
+        alice_client = Client(victim.url, backoff_base=0.05, backoff_cap=0.5)
+        # Alice's load balancer sends her reconnect to the surviving node.
+        alice_client.on("state", lambda e: setattr(alice_client, "url", survivor.url)
+                        if e["state"] == "reconnecting" else None)
+        await alice_client.connect()
+        await alice_client.join("crash", "alice")
+        alice = (alice_client, SfuMedia(alice_client, "crash"))
+        bob = await bot(survivor, "bob", "crash")
+        bots += [alice, bob]
+        published = await alice[1].publish([SyntheticVideo()])
+        await advancing(bob[1], "alice")
+        victim.kill()  # SIGKILL: no goodbye
+        killed = time.monotonic()
+        # Bob keeps getting Alice's frames, past the time Janus would have kept an
+        # unclaimed session of the dead node (reclaim_session_timeout).
+        last = bob[1].frames_of("alice")
+        while time.monotonic() - killed < reclaim + 3:
+            await asyncio.sleep(0.5)
+            now = bob[1].frames_of("alice")
+            assert now > last, f"alice's video stalled {time.monotonic() - killed:.1f}s after the kill"
+            last = now
+        await asyncio.wait_for(_until(lambda: "resumed" in alice_client.states), 15)
+        assert "rejoined" not in alice_client.states and alice[1].resets == 0
+        # Signaling on the survivor reaches Alice's (taken over) handles: her mute is
+        # announced, and she subscribes to a newcomer's video through the claimed session.
+        await alice[1].mute(published[0]["trackId"], True)
+        await asyncio.wait_for(_until(lambda: bob[1].tracks[published[0]["trackId"]]["muted"]), 5)
+        carol = await bot(survivor, "carol", "crash")
+        bots.append(carol)
+        await carol[1].publish([SyntheticVideo()])
+        await advancing(alice[1], "carol")
+        n = bob[1].frames_of("alice")
+        await bob[1].wait_frames("alice", n + 15)
+    finally:
+        await janus.stop()
