@@ -94,6 +94,9 @@ class Cluster(HubObserver):
         ttl = s.grace_period + 2 * s.node_ttl + 10
         self.ttl_ms = int(ttl * 1000)
         self.stubs: dict[str, Session] = {}
+        #: ``cb(room, member, reason)`` when a member of a dead node is dropped here
+        #: (observers never see stubs): the SFU forgets that member's tracks.
+        self.remote_gone: list[Any] = []
         self.jv: dict[tuple[str, str], int] = {}        # (room, local sid) -> join version
         self.jv_user: dict[tuple[str, str], int] = {}   # (room, userId) -> join version
         self.pending: dict[tuple[str, str], list[tuple[int, Outgoing, str | None]]] = {}
@@ -539,6 +542,8 @@ class Cluster(HubObserver):
             if room is None or m is None or m.session is not stub:
                 continue
             del room.members[uid]  # type: ignore[arg-type]
+            for cb in self.remote_gone:
+                cb(room, m, reason)
             left = Outgoing({"type": "user-left", "roomId": room_id, "userId": uid, "reason": reason})
             for other in room.members.values():
                 if other.session.node is me:

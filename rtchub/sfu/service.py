@@ -183,6 +183,8 @@ class SfuService(HubObserver):
         if self.clustered and self.servers:
             # Without an SFU every room is mesh: nothing to agree on, no broker round trip.
             hub.join_gates.append(self._mode_gate)
+            assert app.cluster is not None
+            app.cluster.remote_gone.append(self._remote_gone)
 
     @property
     def enabled(self) -> bool:
@@ -444,6 +446,10 @@ class SfuService(HubObserver):
             conn.listen(peer.sub, lambda ev: self._sub_event(peer, ev))
         self.peers[(room_id, session.id)] = peer
         with contextlib.suppress(BrokerDown):
+            for t in peer.published.values():  # its tracks are this node's now
+                t["n"] = self.hub.node_id
+                if t["trackId"] in peer.announced:
+                    await self.shared.put_track(room_id, t["trackId"], t)
             await self._save(peer)
         log.info("took over the media of %s in %s from node %s", peer.user_id, room_id, rec["n"])
 
@@ -463,6 +469,36 @@ class SfuService(HubObserver):
         peer = self.peers.get((room.id, member.session.id))
         if peer is not None:
             self._drop(peer, announce=True)
+
+    def _remote_gone(self, room: Room, member: Member, reason: str) -> None:
+        if room.media == "sfu":
+            self._spawn(self._forget_remote(room.id, member))
+
+    async def _forget_remote(self, room_id: str, member: Member) -> None:
+        """A member of another node left. If that node died with it (nobody adopted its
+        media), its tracks are gone: take them off the directory and tell our members.
+
+        Every node with members in the room does this for its own members; the
+        directory deletes are idempotent.
+        """
+        session = member.session
+        try:
+            tracks = await self.shared.tracks(room_id)
+            gone = [tid for tid, t in tracks.items()
+                    if t.get("sid") == session.id and t.get("n") == session.node]
+            for tid in gone:
+                await self.shared.drop_track(room_id, tid)
+            await self.shared.broker.map_set(peers_map(room_id), session.id, None)
+        except BrokerDown:
+            return
+        self._forget_tracks(room_id, gone)
+        room = self.hub.rooms.get(room_id)
+        if room is None or not gone:
+            return
+        msg = {"type": "tracks-unpublished", "roomId": room_id, "userId": member.user_id, "tracks": gone}
+        for mb in room.members.values():
+            if mb.session.node in (None, self.hub.node_id):
+                self.hub.send_msg(mb.session, msg)
 
     def room_closed(self, room: Room) -> None:
         if room.media != "sfu":
@@ -704,7 +740,8 @@ class SfuService(HubObserver):
                 videos += 1
             if mid not in peer.published:
                 peer.published[mid] = {"trackId": "t-" + secrets.token_hex(8), "u": peer.user_id,
-                                       "f": peer.feed, "m": mid, "k": kind, "s": source, "x": False}
+                                       "f": peer.feed, "m": mid, "k": kind, "s": source, "x": False,
+                                       "n": self.hub.node_id, "sid": peer.session.id}
         removed = [peer.published.pop(mid) for mid in list(peer.published) if mid not in current]
         self.hub.send_msg(peer.session, {
             "type": "publish-answer", "roomId": peer.room_id, "sdp": answer["sdp"],

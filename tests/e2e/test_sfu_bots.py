@@ -372,7 +372,8 @@ async def test_node_killed_during_sfu_call_media_flows_signaling_resumes(
                        api_secret="kill-secret", restart=False, reclaim_timeout=reclaim)
     await janus.start()
     try:
-        common = ("--broker", redis_server.url, "--node-ttl", "1", "--grace-period", "15",
+        grace = 5
+        common = ("--broker", redis_server.url, "--node-ttl", "1", "--grace-period", str(grace),
                   "--sfu-url", janus.url, "--sfu-api-secret", "kill-secret", "--media-mode", "sfu",
                   "--log-level", "warning")
         victim = server_process(*common, "--node-id", "sfu-victim")
@@ -385,9 +386,16 @@ async def test_node_killed_during_sfu_call_media_flows_signaling_resumes(
         await alice_client.join("crash", "alice")
         alice = (alice_client, SfuMedia(alice_client, "crash"))
         bob = await bot(survivor, "bob", "crash")
-        bots += [alice, bob]
+        # Wendy is on the victim too, and never comes back.
+        wendy_client = Client(victim.url, reconnect=False)
+        await wendy_client.connect()
+        await wendy_client.join("crash", "wendy")
+        wendy = (wendy_client, SfuMedia(wendy_client, "crash"))
+        bots += [alice, bob, wendy]
         published = await alice[1].publish([SyntheticVideo()])
+        await wendy[1].publish([SyntheticVideo()])
         await advancing(bob[1], "alice")
+        await advancing(bob[1], "wendy")
         victim.kill()  # SIGKILL: no goodbye
         killed = time.monotonic()
         # Bob keeps getting Alice's frames, past the time Janus would have kept an
@@ -404,10 +412,16 @@ async def test_node_killed_during_sfu_call_media_flows_signaling_resumes(
         # announced, and she subscribes to a newcomer's video through the claimed session.
         await alice[1].mute(published[0]["trackId"], True)
         await asyncio.wait_for(_until(lambda: bob[1].tracks[published[0]["trackId"]]["muted"]), 5)
+        # Wendy's tracks leave the room's directory once she is gone for good, so a
+        # newcomer subscribes to live tracks only.
+        await asyncio.wait_for(_until(lambda: not any(
+            t["userId"] == "wendy" for t in bob[1].tracks.values())), grace + 10)
         carol = await bot(survivor, "carol", "crash")
         bots.append(carol)
         await carol[1].publish([SyntheticVideo()])
         await advancing(alice[1], "carol")
+        await advancing(carol[1], "alice")
+        assert not any(t["userId"] == "wendy" for t in carol[1].tracks.values())
         n = bob[1].frames_of("alice")
         await bob[1].wait_frames("alice", n + 15)
     finally:
