@@ -426,3 +426,29 @@ async def test_node_killed_during_sfu_call_media_flows_signaling_resumes(
         await bob[1].wait_frames("alice", n + 15)
     finally:
         await janus.stop()
+
+
+async def test_subscriber_ice_restart_gets_fresh_credentials(make_server: Servers, bots: list) -> None:
+    """``ice-restart``: the server's next subscribe-offer carries new ICE credentials
+    (RFC 8445 section 9) and media keeps flowing once the client answered it."""
+    app = await make_server(**sfu_settings(sfu="local", media_mode="sfu"))
+    alice, bob = await bot(app, "alice", "ice"), await bot(app, "bob", "ice")
+    bots += [alice, bob]
+    offers: list[dict[str, Any]] = []
+    bob[0].on("subscribe-offer", offers.append)
+    await alice[1].publish([SyntheticVideo()])
+    await advancing(bob[1], "alice")
+
+    def ufrag(sdp: str) -> str:
+        return next(line for line in sdp.splitlines() if line.startswith("a=ice-ufrag:"))
+
+    before = ufrag(offers[-1]["sdp"])
+    await bob[0].request({"type": "ice-restart", "roomId": "ice", "pc": "subscribe"})
+    await asyncio.wait_for(_until(lambda: offers[-1].get("restart")), 5)
+    assert ufrag(offers[-1]["sdp"]) != before
+    n = bob[1].frames_of("alice")
+    await bob[1].wait_frames("alice", n + 15)
+    # Publishers restart with a new offer: the ice-restart message is for subscribers.
+    with pytest.raises(ClientError) as info:
+        await alice[0].request({"type": "ice-restart", "roomId": "ice", "pc": "publish"})
+    assert info.value.code == "invalid-message"
