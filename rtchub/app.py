@@ -25,7 +25,7 @@ from rtchub.core.hub import Hub
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
-from rtchub.transports import http_common as http_transports
+from rtchub.transports import http_routes as http_transports
 from rtchub.transports.liveness import Liveness
 from rtchub.transports.mux import WS_PATHS, PortMux, RequestHead, picows_protocol_factory
 from rtchub.transports.ws import PicowsEndpoint
@@ -78,7 +78,7 @@ class RtcHub:
         api.setup(self)
         for path in ("/ws", "/signaling"):
             r.add_get(path, self._aiohttp_ws)
-        # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_common).
+        # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_routes).
         http_transports.register(self)
         if (WEB_ROOT / "index.html").exists():
             r.add_get("/", self._index)
