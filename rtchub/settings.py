@@ -96,6 +96,24 @@ class Settings:
     peerjs_max_peers: int = field(
         default=5000, metadata={"help": "PeerJS peers per key (its room's member limit)"}
     )
+    # -- media: SFU (docs/sfu.md) ---------------------------------------------------
+    media_mode: str = field(
+        default="mesh", metadata={"help": "media mode of new rooms: mesh (peer-to-peer) or sfu"}
+    )
+    sfu: str = field(default="", metadata={"help": "'local' starts and supervises a Janus child"})
+    sfu_url: list[str] = field(
+        default_factory=list, metadata={"help": "Janus WebSocket API URL, ws://host:8188 (repeatable)"}
+    )
+    sfu_api_secret: str = field(default="", metadata={"help": "api_secret of the --sfu-url servers"})
+    max_sfu_room_members: int = field(
+        default=100, metadata={"help": "members per SFU room (--max-room-members is the mesh limit)"}
+    )
+    sfu_rtp_ports: str = field(default="20000-40000", metadata={"help": "RTP port range of --sfu local"})
+    sfu_ice_ip: str = field(
+        default="", metadata={"help": "--sfu local gathers ICE only on this address/interface"}
+    )
+    sfu_nat_ip: str = field(default="", metadata={"help": "--sfu local: public IP of a 1:1 NAT"})
+    sfu_ws_port: int = field(default=0, metadata={"help": "--sfu local API port on 127.0.0.1 (0 = free)"})
 
     # -- security -----------------------------------------------------------------
     auth: str = field(default="none", metadata={"help": "none or jwt"})
