@@ -98,7 +98,14 @@ class Settings:
     )
     # -- media: SFU (docs/sfu.md) ---------------------------------------------------
     media_mode: str = field(
-        default="mesh", metadata={"help": "media mode of new rooms: mesh (peer-to-peer) or sfu"}
+        default="", metadata={"help": "media mode of new rooms: mesh (peer-to-peer), sfu, or auto "
+                                      "(p2p for two, SFU from three); '' = auto with an SFU, else mesh"}
+    )
+    auto_sfu_from: int = field(
+        default=3, metadata={"help": "auto rooms: members from which media goes through the SFU"}
+    )
+    auto_p2p_after: float = field(
+        default=10.0, metadata={"help": "auto rooms: seconds below --auto-sfu-from before going back to p2p"}
     )
     sfu: str = field(default="", metadata={"help": "'local' starts and supervises a Janus child"})
     sfu_url: list[str] = field(

@@ -47,7 +47,8 @@ class PublishRequest(ApiModel):
 class MediaModeRequest(ApiModel):
     """Declare the media mode of a room (before it is in use)."""
 
-    mode: Literal["mesh", "sfu"] = Field(description="mesh: peer-to-peer; sfu: through Janus")
+    mode: Literal["mesh", "sfu", "auto"] = Field(
+        description="mesh: peer-to-peer; sfu: through Janus; auto: p2p for two, the SFU from three")
 
 
 class DisconnectRequest(ApiModel):
@@ -101,13 +102,15 @@ class RoomInfo(ApiModel):
     member_count: int = Field(ge=0)
     age_seconds: float = Field(ge=0)
     members: list[MemberInfo]
-    media: Literal["mesh", "sfu"] | None = Field(
+    media: Literal["mesh", "sfu", "auto"] | None = Field(
         default=None, description="the room's media mode (null when not known on this node)")
+    route: Literal["p2p", "sfu"] | None = Field(
+        default=None, description="auto rooms: where media flows now")
 
 
 class MediaMode(ApiModel):
     room_id: str
-    mode: Literal["mesh", "sfu"]
+    mode: Literal["mesh", "sfu", "auto"]
 
 
 class RoomMembers(ApiModel):

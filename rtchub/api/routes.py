@@ -243,7 +243,8 @@ class ServerApi:
             # Its age is known only where it has members.
             return RoomInfo(room_id=roomId, member_count=len(members), age_seconds=0.0, members=members)
         return RoomInfo(room_id=room.id, member_count=len(room.members), age_seconds=self._age(room),
-                        members=[self._member(mb) for mb in room.members.values()], media=room.media)
+                        members=[self._member(mb) for mb in room.members.values()], media=room.media,
+                        route=room.auto.route if room.auto is not None else None)
 
     def set_media(self, roomId: str, body: MediaModeRequest) -> MediaMode | web.Response:  # noqa: N803
         from rtchub.protocol.errors import ErrorCode, ProtocolError

@@ -493,7 +493,7 @@ class Cluster(HubObserver):
         """A room made here for members elsewhere; ``media``: its mode when a join knew it
         (rtchub.sfu's gate decides it cluster-wide before the claim)."""
         room = self.hub.rooms[room_id] = Room(room_id, self.hub.clock(),
-                                              media or self.settings.media_mode)
+                                              media or self.hub.default_media, self.hub.route_policy)
         for obs in self.hub.observers:
             if obs is not self:
                 obs.room_created(room)

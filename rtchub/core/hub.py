@@ -24,7 +24,8 @@ from rtchub.core.ids import session_id
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.ratelimit import TokenBucket
 from rtchub.core.resume import GONE, NOT_BUFFERED, Identity, ResumeVerdict
-from rtchub.core.room import MEDIA_MODES, Member, Room
+from rtchub.core.room import MEDIA_MODES, SFU_MODES, Member, Room
+from rtchub.core.route import SFU, RoutePolicy
 from rtchub.core.session import Session, Sink, State
 from rtchub.protocol import messages as m
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -114,6 +115,9 @@ class Hub:
             "resume": self._resume,
         }
         self.welcome_extra: dict[str, Any] = {}
+        #: Thresholds of ``auto`` rooms, and the rooms whose move back to p2p is pending.
+        self.route_policy = RoutePolicy(self.settings.auto_sfu_from, self.settings.auto_p2p_after)
+        self._rerouting: set[str] = set()
         #: Member limits of particular rooms (roomId -> limit) instead of
         #: ``max_room_members``: a PeerJS key is one room holding a whole app's peers.
         self.room_caps: dict[str, int] = {}
@@ -144,7 +148,13 @@ class Hub:
         """Members allowed in a room of this media mode: a mesh costs every member
         one stream per other member, an SFU one stream up."""
         s = self.settings
-        return s.max_sfu_room_members if media == "sfu" else s.max_room_members
+        return s.max_sfu_room_members if media in SFU_MODES else s.max_room_members
+
+    @property
+    def default_media(self) -> str:
+        """The mode of a room nobody chose one for: ``--media-mode``, else mesh
+        (rtchub.sfu's media policy makes that ``auto`` when an SFU is configured)."""
+        return self.settings.media_mode or "mesh"
 
     # ------------------------------------------------------------------ sessions
     def open(self, sink: Sink | None, *, user_id: str | None = None,
@@ -276,6 +286,8 @@ class Hub:
                    if s.state is detached and s.detached_at <= limit]  # type: ignore[operator]
         for session in expired:
             self.end(session, session.detach_reason)
+        if self._rerouting:
+            self._reroute_due()
 
     def close(self, session: Session, code: int, reason: str) -> None:
         """Close the transport of a session (the session's fate follows from ``detach``)."""
@@ -439,21 +451,31 @@ class Hub:
                 if not old.rooms:
                     self.end(old, "rejoined")
                 rejoined = True
+            elif room.auto is not None and req.media != "auto" and (
+                    room.auto.route == SFU or len(room.members) + 1 >= room.auto.policy.sfu_from):
+                raise ProtocolError(ErrorCode.WRONG_MEDIA_MODE,
+                                    f"room {room_id!r} is an auto room on the SFU; this client "
+                                    "does not follow media-route (join with media 'auto')", req.msg_id)
             elif len(room.members) >= (limit := self.room_cap(room_id, room.media)):
                 raise ProtocolError(ErrorCode.ROOM_FULL,
                                     f"{room.media} room {room_id!r} is full ({limit})", req.msg_id)
         else:
             policy = self.media_policy
             media = policy(session, req) if policy is not None else (
-                req.media or self.settings.media_mode)
-            room = self.rooms[room_id] = Room(room_id, self.clock(), media)
+                req.media or self.default_media)
+            room = self.rooms[room_id] = Room(room_id, self.clock(), media, self.route_policy)
             for obs in self.observers:
                 obs.room_created(room)
         session.user_id = user_id
         session.user_fixed = True
         if req.display_name:
             session.display_name = req.display_name
-        member = Member(user_id, req.display_name or session.display_name or user_id, session)
+        member = Member(user_id, req.display_name or session.display_name or user_id, session,
+                        req.media)
+        if not rejoined:
+            moved = room.reroute(len(room.members) + 1, self.clock())
+            if moved is not None:
+                self._route_moved(room, moved)
         self.send_msg(session, room.info(user_id))
         joined: dict[str, Any] = {"type": "user-joined", "roomId": room_id, "userId": user_id,
                                   "displayName": member.display_name}
@@ -471,7 +493,7 @@ class Hub:
         """How many members ``room_id`` may hold: its own cap (a PeerJS key), else
         the limit of its media mode (``None``: the server's ``--media-mode``)."""
         cap = self.room_caps.get(room_id)
-        return cap if cap is not None else self.room_limit(media or self.settings.media_mode)
+        return cap if cap is not None else self.room_limit(media or self.default_media)
 
     def _leave(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
         room_id = m.check_id(msg.get("roomId"), "roomId", msg_id)
@@ -496,8 +518,48 @@ class Hub:
             obs.member_left(room, member, reason)
         if not room.members:
             del self.rooms[room.id]
+            self._rerouting.discard(room.id)
             for obs in self.observers:
                 obs.room_closed(room)
+        elif room.auto is not None:
+            moved = room.reroute(len(room.members), self.clock())
+            if moved is not None:
+                self._route_moved(room, moved)
+            elif room.auto.deadline() is not None:
+                self._rerouting.add(room.id)
+
+    # ------------------------------------------------------------ media route
+    def _route_moved(self, room: Room, route: str) -> None:
+        """An ``auto`` room's media moves (rtchub.core.route): tell its members.
+
+        Members whose client does not follow ``media-route`` (their join did
+        not say ``media: "auto"``) get an explicit ``wrong-media-mode`` error
+        instead of a silent call when the room moves to the SFU.
+        """
+        self._rerouting.discard(room.id)
+        self._broadcast(room, Outgoing({"type": "media-route", "roomId": room.id, "route": route}),
+                        exclude=None)
+        if route != SFU:
+            return
+        for mb in room.members.values():
+            if mb.media != "auto":
+                self.error(mb.session, ProtocolError(
+                    ErrorCode.WRONG_MEDIA_MODE,
+                    f"room {room.id!r} moved to the SFU; this client does not follow media-route "
+                    "(join with media 'auto')"))
+
+    def _reroute_due(self) -> None:
+        now = self.clock()
+        for room_id in list(self._rerouting):
+            room = self.rooms.get(room_id)
+            if room is None:
+                self._rerouting.discard(room_id)
+                continue
+            moved = room.route_due(now)
+            if moved is not None:
+                self._route_moved(room, moved)
+            elif room.auto is None or room.auto.deadline() is None:
+                self._rerouting.discard(room_id)
 
     def _room_of(self, session: Session, msg: dict[str, Any], msg_id: Any) -> Room:
         room_id = msg.get("roomId")
@@ -517,6 +579,11 @@ class Hub:
 
     def _relay(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
         room = self._room_of(session, msg, msg_id)
+        if room.auto is not None and room.auto.route == SFU:
+            sender = room.members.get(session.user_id or "")
+            if sender is not None and sender.media != "auto":
+                raise ProtocolError(ErrorCode.WRONG_MEDIA_MODE,
+                                    f"room {room.id!r} is on the SFU now: publish there", msg_id)
         m.relay_payload(msg["type"], msg, msg_id)
         target = self._target(room, msg, msg_id)
         self.send(target.session, Outgoing(self._stamped(session, msg)))

@@ -37,7 +37,7 @@ import orjson
 
 from rtchub.broker.base import Broker, BrokerDown
 from rtchub.core.hub import Hub, HubObserver, JoinRequest
-from rtchub.core.room import MEDIA_MODES, Member, Room
+from rtchub.core.room import MEDIA_MODES, SFU_MODES, Member, Room
 from rtchub.core.session import Session
 from rtchub.protocol import messages as m
 from rtchub.protocol.errors import ErrorCode, ProtocolError
@@ -154,10 +154,10 @@ class SfuService(HubObserver):
             raise ValueError(f"--sfu must be 'local' (or use --sfu-url), not {s.sfu!r}")
         for url in s.sfu_url:
             self.servers[url] = Server(url, url, s.sfu_api_secret)
-        if s.media_mode not in MEDIA_MODES:
+        if s.media_mode and s.media_mode not in MEDIA_MODES:
             raise ValueError(f"--media-mode must be one of {MEDIA_MODES}")
-        if s.media_mode == "sfu" and not self.servers:
-            raise ValueError("--media-mode sfu needs a Janus: --sfu local or --sfu-url ws://...")
+        if s.media_mode in SFU_MODES and not self.servers:
+            raise ValueError(f"--media-mode {s.media_mode} needs a Janus: --sfu local or --sfu-url ws://...")
         #: (roomId, sessionId) -> Peer
         self.peers: dict[tuple[str, str], Peer] = {}
         #: Media modes declared through the server API (PUT /api/rooms/{roomId}/media).
@@ -310,10 +310,12 @@ class SfuService(HubObserver):
         claim = claims.get("media")
         return (self.declared.get(req.room_id)
                 or (claim if claim in MEDIA_MODES else None)
-                or req.media or self.settings.media_mode)
+                or req.media or self.settings.media_mode or ("auto" if self.servers else "mesh"))
 
     def _media_policy(self, session: Session, req: JoinRequest) -> str:
         mode = req.media if self.clustered and req.media else self._proposed_mode(session, req)
+        if mode == "auto" and not self.servers:
+            return "mesh"  # auto = "I can do both": without an SFU the answer is peer-to-peer
         if mode == "sfu" and not self.servers:
             raise ProtocolError(ErrorCode.SFU_UNAVAILABLE,
                                 "this server has no SFU (start it with --sfu local or --sfu-url)",
@@ -342,7 +344,7 @@ class SfuService(HubObserver):
 
     def declare_mode(self, room_id: str, mode: str) -> str:
         """The server API's choice of a room's mode. A room in use keeps its mode."""
-        if mode == "sfu" and not self.servers:
+        if mode in SFU_MODES and not self.servers:
             raise ProtocolError(ErrorCode.SFU_UNAVAILABLE, "this server has no SFU")
         room = self.hub.rooms.get(room_id)
         if room is not None and room.media != mode:
@@ -359,12 +361,12 @@ class SfuService(HubObserver):
             async def learn() -> None:
                 with contextlib.suppress(BrokerDown):
                     mode = await self.shared.mode(room.id)
-                    if mode in MEDIA_MODES:
-                        room.media = mode
+                    if mode in MEDIA_MODES and mode != room.media:
+                        room.set_media(mode, self.hub.route_policy)
             self._spawn(learn())
 
     def member_joined(self, room: Room, member: Member, rejoined: bool) -> None:
-        if room.media != "sfu" or member.session.node not in (None, self.hub.node_id):
+        if room.media not in SFU_MODES or member.session.node not in (None, self.hub.node_id):
             return
         session = member.session
         key = (room.id, session.id)
@@ -399,7 +401,7 @@ class SfuService(HubObserver):
             return
         for room_id in session.rooms:
             room = self.hub.rooms.get(room_id)
-            if room is not None and room.media == "sfu" and (room_id, session.id) not in self.peers:
+            if room is not None and room.media in SFU_MODES and (room_id, session.id) not in self.peers:
                 self._spawn(self._adopt(session, room_id))
 
     async def _adopt(self, session: Session, room_id: str) -> None:
@@ -471,7 +473,7 @@ class SfuService(HubObserver):
             self._drop(peer, announce=True)
 
     def _remote_gone(self, room: Room, member: Member, reason: str) -> None:
-        if room.media == "sfu":
+        if room.media in SFU_MODES:
             self._spawn(self._forget_remote(room.id, member))
 
     async def _forget_remote(self, room_id: str, member: Member) -> None:
@@ -501,7 +503,7 @@ class SfuService(HubObserver):
                 self.hub.send_msg(mb.session, msg)
 
     def room_closed(self, room: Room) -> None:
-        if room.media != "sfu":
+        if room.media not in SFU_MODES:
             return
         for key in [k for k in self.peers if k[0] == room.id]:
             self._drop(self.peers[key], announce=False)
@@ -542,7 +544,7 @@ class SfuService(HubObserver):
             m.check_id(room_id, "roomId", msg_id)
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"not in room {room_id!r}", msg_id)
         room = self.hub.rooms[room_id]
-        if room.media != "sfu":
+        if room.media not in SFU_MODES:
             raise ProtocolError(ErrorCode.WRONG_MEDIA_MODE,
                                 f"room {room.id!r} is a {room.media} room: relay offers to peers", msg_id)
         return room

@@ -179,7 +179,7 @@ async def test_media_mode_from_api_claim_and_first_join(make_server: Servers) ->
     try:
         c, info = await join("u1", "plain")
         clients.append(c)
-        assert info["media"] == "mesh"                      # --media-mode default
+        assert info["media"] == "auto"                      # --media-mode default with an SFU
         c, info = await join("u2", "viaclaim", extra={"media": "sfu"})
         clients.append(c)
         assert info["media"] == "sfu"                       # JWT claim
@@ -199,15 +199,25 @@ async def test_media_mode_from_api_claim_and_first_join(make_server: Servers) ->
             async with http.get(f"{app.url}/api/rooms/declared", headers=headers) as resp:
                 assert (await resp.json())["media"] == "sfu"
         # Limits: the mesh limit (2) refuses a third member, an SFU room does not.
-        for user in ("m2",):
-            c, _ = await join(user, "plain")
+        for user in ("m1", "m2"):
+            c, _ = await join(user, "meshy", media="mesh")
             clients.append(c)
         c = Client(app.url, token=mint(sub="m3", key=SECRET))
         await c.connect()
         clients.append(c)
         with pytest.raises(ClientError) as refused:
-            await c.join("plain")
+            await c.join("meshy")
         assert refused.value.code == "room-full" and "mesh" in refused.value.message
+        # An auto room (the default with an SFU) refuses, with the reason, a third
+        # client that cannot follow it onto the SFU.
+        c = Client(app.url, token=mint(sub="m4", key=SECRET))
+        await c.connect()
+        clients.append(c)
+        c2, _ = await join("u5", "plain")
+        clients.append(c2)
+        with pytest.raises(ClientError) as refused:
+            await c.join("plain")
+        assert refused.value.code == "wrong-media-mode"
         for user in ("s1", "s2", "s3"):
             c, info = await join(user, "big", media="sfu")
             clients.append(c)
