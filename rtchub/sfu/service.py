@@ -61,6 +61,14 @@ MAX_TRACKS_PER_REQUEST = 200
 SDP_ERRORS = {465, 466, 443}  # invalid SDP, invalid JSEP type, unsupported codec
 SOURCES = ("camera", "microphone", "screen", "screen-audio", "custom")
 PCS = ("publish", "subscribe")
+#: ``subscribe-layer`` values -> Janus VideoRoom subscriber ``configure`` of one stream:
+#: the simulcast substream (0 is the lowest quality) or no video at all.
+LAYERS: dict[str, dict[str, Any]] = {
+    "h": {"send": True, "substream": 2},
+    "m": {"send": True, "substream": 1},
+    "l": {"send": True, "substream": 0},
+    "off": {"send": False},
+}
 
 
 def sdp_sections(sdp: str) -> list[dict[str, Any]]:
@@ -125,6 +133,10 @@ class Peer:
         self.want: set[str] = set()
         self.have: dict[str, tuple[str, str]] = {}   # trackId -> (feed, mid)
         self.offered = False                          # an offer waits for the client's answer
+        #: trackId -> mid of its m-line in the subscriber connection (for ``subscribe-layer``).
+        self.sub_mids: dict[str, str] = {}
+        #: trackId -> the layer the client last asked for (h, m, l or off).
+        self.layers: dict[str, str] = {}
         self.trickles: dict[str, list[dict[str, Any] | None]] = {"publish": [], "subscribe": []}
         self.chain: asyncio.Future[None] | None = None
         self.dead = False
@@ -177,7 +189,7 @@ class SfuService(HubObserver):
             ("subscribe", self._on_subscribe), ("unsubscribe", self._on_unsubscribe),
             ("subscribe-answer", self._on_subscribe_answer),
             ("media-candidate", self._on_candidate), ("ice-restart", self._on_ice_restart),
-            ("mute", self._on_mute),
+            ("mute", self._on_mute), ("subscribe-layer", self._on_layer),
         ):
             hub.register(mtype, handler)
         if self.clustered and self.servers:
@@ -846,6 +858,22 @@ class SfuService(HubObserver):
 
     def _on_unsubscribe(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
         room = self._room(session, msg, msg_id)
+        if msg.get("all") is True:
+            # The client closed its subscribing connection (an auto room went back
+            # to peer-to-peer): drop the handle, the next subscribe starts afresh.
+            async def close(peer: Peer) -> None:
+                handle, peer.sub = peer.sub, None
+                peer.want.clear()
+                peer.have.clear()
+                peer.sub_mids.clear()
+                peer.layers.clear()
+                peer.offered = False
+                peer.trickles["subscribe"].clear()
+                if handle is not None:
+                    await peer.conn.detach(handle)
+
+            self._queue(session, room, msg_id, close)
+            return
         unwanted = self._track_list(msg, msg_id)
 
         async def work(peer: Peer) -> None:
@@ -903,6 +931,7 @@ class SfuService(HubObserver):
                                      "active": bool(st.get("active", True)) and hit is not None}
             if hit is not None:
                 entry["trackId"], entry["userId"] = hit[0], hit[1]["u"]
+                peer.sub_mids[hit[0]] = entry["mid"]
             streams.append(entry)
         peer.offered = True
         msg: dict[str, Any] = {"type": "subscribe-offer", "roomId": peer.room_id, "sdp": offer["sdp"],
@@ -942,6 +971,29 @@ class SfuService(HubObserver):
                 await peer.conn.trickle(peer.sub, cand)
             peer.trickles["subscribe"].clear()
             await self._sync_subscription(peer, await self.shared.tracks(peer.room_id))
+
+        self._queue(session, room, msg_id, work)
+
+    def _on_layer(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
+        """Adaptive simulcast: forward one layer of a subscribed track, or none.
+
+        Applied to the subscriber handle with VideoRoom ``configure`` on that
+        stream alone: no renegotiation; Janus switches at the next keyframe.
+        """
+        room = self._room(session, msg, msg_id)
+        track_id, layer = msg.get("trackId"), msg.get("layer")
+        if type(track_id) is not str or layer not in LAYERS:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                                "subscribe-layer needs trackId and layer (h, m, l or off)", msg_id)
+
+        async def work(peer: Peer) -> None:
+            mid = peer.sub_mids.get(track_id)
+            if peer.sub is None or track_id not in peer.have or mid is None:
+                raise ProtocolError(ErrorCode.TRACK_NOT_FOUND,
+                                    f"you do not receive track {track_id!r}", msg_id)
+            peer.layers[track_id] = layer
+            await peer.conn.message(peer.sub, {"request": "configure",
+                                               "streams": [{"mid": mid, **LAYERS[layer]}]})
 
         self._queue(session, room, msg_id, work)
 

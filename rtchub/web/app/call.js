@@ -1,9 +1,11 @@
-// Video call page: a mesh call through the SDK's Call helper, or (?media=sfu)
-// an SFU call through SfuCall, with a video grid, media controls, a chat +
+// Video call page: by default an AutoCall (peer-to-peer for two, through the
+// SFU from three, as the server's media-route says; adaptive simulcast per
+// tile; the active speaker in the large tile), or (?media=mesh) a mesh call
+// through the SDK's Call helper, or (?media=sfu) an SFU call through SfuCall, with a video grid, media controls, a chat +
 // file panel, and a live diagnostics panel fed by call.stats() once a second.
 // The room's media mode is the server's decision (room-info.media): a page
 // that asked for the other one reloads itself with the room's mode.
-import { Call, RtcHub, SfuCall } from '/sdk/rtchub.js';
+import { AutoCall, Call, RtcHub, SfuCall } from '/sdk/rtchub.js';
 import { ChatLog, wireComposer } from './chatlog.js';
 import {
   $, Banners, ConnectionView, askName, cleanName, cleanRoom, colorFor, copyText, describeError,
@@ -26,10 +28,14 @@ $('#room-name').textContent = room;
 document.title = `${room} · Call · rtchub`;
 document.body.classList.toggle('panel-open', wide.matches);
 
-const wantedMedia = ['mesh', 'sfu'].includes(params.get('media')) ? params.get('media') : null;
+const wantedMedia = ['mesh', 'sfu', 'auto'].includes(params.get('media')) ? params.get('media') : null;
 
 const app = {
-  mode: wantedMedia || 'mesh',
+  mode: wantedMedia || 'auto',
+  route: null,
+  speaker: null,
+  errors: [], // error messages the server sent this page (tests read them)
+  pinned: null,
   hub: null,
   call: null,
   me: null,
@@ -42,6 +48,8 @@ const app = {
   left: false,
 };
 window.rtchubDemo = app;
+/** Put userId in the large tile (null: follow the active speaker again). */
+app.spotlight = (userId) => { app.pinned = userId; layout(); };
 
 const nameOf = (userId) => app.names.get(userId) || userId || 'Someone';
 
@@ -50,8 +58,8 @@ class Tile {
   constructor(userId, name, { local = false } = {}) {
     this.userId = userId;
     this.local = local;
-    this.video = el('video', { autoplay: true, playsInline: true, muted: local });
-    this.video.muted = local; // the property, not just the attribute, decides
+    this.video = this._newVideo(local);
+    this.pending = null;
     this.avatarText = el('span', { style: { '--avatar': colorFor(userId) } });
     this.nameText = el('span', { class: 'name' });
     this.micIcon = icon('micOff');
@@ -63,9 +71,15 @@ class Tile {
       el('div', { class: 'avatar' }, this.avatarText),
       el('div', { class: 'nameplate' }, this.micIcon, this.nameText),
       this.badge);
-    this.video.addEventListener('resize', () => this._checkVideo());
-    this.video.addEventListener('loadeddata', () => this._checkVideo());
     this.setName(name);
+  }
+
+  _newVideo(muted) {
+    const video = el('video', { autoplay: true, playsInline: true, muted });
+    video.muted = muted; // the property, not just the attribute, decides
+    video.addEventListener('resize', () => this._checkVideo());
+    video.addEventListener('loadeddata', () => this._checkVideo());
+    return video;
   }
 
   setName(name) {
@@ -76,16 +90,57 @@ class Tile {
 
   setStream(stream, { mirror = this.local } = {}) {
     this.node.classList.toggle('mirror', mirror);
-    if (this.video.srcObject !== stream) this.video.srcObject = stream;
+    if (this.video.srcObject === stream) return;
+    const showing = !this.local && stream && this.video.srcObject && this.video.videoWidth > 0
+      && stream.getVideoTracks().length > 0;
+    if (showing) {
+      this._swapTo(stream);
+      return;
+    }
+    this.video.srcObject = stream;
     this._checkVideo();
     if (!stream) return;
-    const p = this.video.play();
+    this._play(this.video);
+  }
+
+  /**
+   * A new stream for a tile that shows video (the call moved between
+   * peer-to-peer and the SFU): it plays under the current picture, which is
+   * removed only once the new one has painted its first frame. No black tile.
+   */
+  _swapTo(stream) {
+    if (this.pending) this.pending.remove();
+    const next = this._newVideo(this.video.muted);
+    next.classList.add('incoming');
+    next.srcObject = stream;
+    this.pending = next;
+    this.video.after(next);
+    let timer = null;
+    const done = () => {
+      if (this.pending !== next) return;
+      clearTimeout(timer);
+      this.pending = null;
+      const old = this.video;
+      this.video = next;
+      next.classList.remove('incoming');
+      old.srcObject = null;
+      old.remove();
+      this._checkVideo();
+    };
+    if (next.requestVideoFrameCallback) next.requestVideoFrameCallback(() => done());
+    else next.addEventListener('playing', done, { once: true });
+    timer = setTimeout(done, 4000); // never keep a stale picture for long
+    this._play(next);
+  }
+
+  _play(video) {
+    const p = video.play();
     if (p) {
       p.catch((err) => {
-        if (err?.name === 'NotAllowedError' && !this.video.muted) {
+        if (err?.name === 'NotAllowedError' && !video.muted) {
           // Autoplay with sound was refused: play muted, offer a click to unmute.
-          this.video.muted = true;
-          this.video.play().catch(() => {});
+          video.muted = true;
+          video.play().catch(() => {});
           soundBlocked();
         }
       });
@@ -109,6 +164,7 @@ class Tile {
 
   remove() {
     this.video.srcObject = null;
+    if (this.pending) this.pending.srcObject = null;
     this.node.remove();
   }
 }
@@ -127,6 +183,11 @@ function layout() {
   if (remotes > 0) waiting.remove();
   const count = (localTile ? 1 : 0) + remotes + (waiting.isConnected ? 1 : 0);
   grid.dataset.count = String(Math.max(1, count));
+  // The spotlight: a pinned tile, else the active speaker, once there are two others.
+  const spot = app.pinned && app.tiles.has(app.pinned) ? app.pinned
+    : (remotes >= 2 && app.tiles.has(app.speaker) ? app.speaker : null);
+  grid.classList.toggle('has-spotlight', Boolean(spot));
+  for (const [id, tile] of app.tiles) tile.node.classList.toggle('spotlight', id === spot);
 }
 
 /**
@@ -165,6 +226,8 @@ function remoteTile(userId, name) {
     app.tiles.set(userId, tile);
     grid.append(tile.node);
     layout();
+    // Adaptive simulcast: the tile's size and visibility pick its layer.
+    if (app.call instanceof AutoCall && !userId.includes(':')) app.call.observe(userId, tile.node);
   } else if (name) {
     tile.setName(name);
   }
@@ -537,7 +600,9 @@ class Diagnostics {
       ['You', app.me ? `${app.me.displayName} · ${hub?.userId || app.me.userId}` : ''],
       ['Transport', hub?.transport || hub?.transportName || params.get('transport') || 'auto'],
       ['Peers', String(app.tiles.size)],
-      ['Media mode', app.mode === 'sfu' ? 'sfu (through the server)' : 'mesh (peer-to-peer)'],
+      ['Media mode', app.mode === 'sfu' ? 'sfu (through the server)'
+        : app.mode === 'auto' ? `auto (${app.route === 'sfu' ? 'through the server' : 'peer-to-peer'})`
+          : 'mesh (peer-to-peer)'],
       ['Media', app.localStream ? app.localStream.getTracks().map((t) => t.kind).join(' + ') : 'receive-only'],
     ]);
     if (this.busy || !app.call) return;
@@ -566,7 +631,16 @@ class Diagnostics {
     const state = s?.connectionState || 'new';
     unstick(userId, state);
     this._pill(card, state, state === 'connected' ? 'good' : ['failed', 'closed', 'disconnected'].includes(state) ? 'bad' : 'warn');
+    const quality = app.call instanceof AutoCall ? [
+      ['Path', s?.pathLabel],
+      ['Resolution', s?.width ? `${s.width}×${s.height}` : ''],
+      ['Frame rate', Number.isFinite(s?.fps) ? `${Math.round(s.fps)} fps` : ''],
+      ['Video bitrate', Number.isFinite(s?.videoKbps) ? `${s.videoKbps} kbps` : ''],
+      ['Packet loss', Number.isFinite(s?.lossPct) ? `${s.lossPct} %` : ''],
+      ['Layer', s?.layer ? { h: 'high', m: 'medium', l: 'low', off: 'off (hidden)' }[s.layer] : ''],
+    ] : [];
     this._set(card, [
+      ...quality,
       ['Local candidate', CAND[s?.localCandidateType] || s?.localCandidateType],
       ['Remote candidate', CAND[s?.remoteCandidateType] || s?.remoteCandidateType],
       ['Round-trip time', formatRtt(s?.rtt)],
@@ -658,7 +732,7 @@ async function main() {
   });
   hub.on('room-info', (m) => {
     if (m.roomId && m.roomId !== room) return;
-    if (m.media && m.media !== app.mode) {
+    if (m.media && m.media !== app.mode && !(app.mode === 'auto' && m.media === 'auto')) {
       // The room was made with the other mode: follow it.
       app.left = true;
       const url = new URL(location.href);
@@ -667,6 +741,7 @@ async function main() {
       return;
     }
     document.body.dataset.mediaMode = app.mode;
+    if (m.route) document.body.dataset.route = app.route = m.route;
     // After a reconnect this is the truth: drop tiles of people who left meanwhile.
     const present = new Set((m.members || []).map((mem) => mem.userId));
     for (const id of [...app.tiles.keys()]) if (!present.has(id)) dropTile(id);
@@ -694,14 +769,28 @@ async function main() {
     showChat(m.from, typeof data === 'string' ? data : data?.text);
   });
   hub.on('error', (m) => {
+    app.errors.push(m);
     if (m && m.id === undefined) toast(describeError(m));
   });
 
   // Call.start() joins the room itself; its room-info and the user-joined
   // events that follow build the mesh (and the tiles, through the handlers above).
   const opts = { localStream: app.localStream, userId: app.me.userId, displayName };
-  const call = app.mode === 'sfu' ? new SfuCall(hub, room, opts) : new Call(hub, room, { ...opts, media: wantedMedia || undefined });
+  const call = app.mode === 'auto' ? new AutoCall(hub, room, opts)
+    : app.mode === 'sfu' ? new SfuCall(hub, room, opts) : new Call(hub, room, { ...opts, media: wantedMedia || undefined });
   app.call = call;
+  call.on('route', ({ route, from }) => {
+    document.body.dataset.route = app.route = route;
+    if (from) log.system(route === 'sfu' ? 'The call now goes through the server (3+ people)' : 'The call is peer-to-peer again');
+  });
+  call.on('route-complete', ({ route, ms }) => {
+    app.lastSwitch = { route, ms };
+  });
+  call.on('active-speaker', ({ userId }) => {
+    app.speaker = userId;
+    for (const [id, tile] of app.tiles) tile.node.classList.toggle('speaking', id === userId);
+    layout();
+  });
   call.on('peer-joined', ({ userId, displayName: dn }) => {
     if (dn && dn !== userId) app.names.set(userId, dn);
     remoteTile(userId, app.names.get(userId));

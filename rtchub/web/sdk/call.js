@@ -48,6 +48,10 @@ export class Call extends Emitter {
     // The media mode asked for if this join creates the room (the server decides).
     this.media = opts.media || undefined;
     this.mode = 'mesh';
+    // managed: an AutoCall joined the room and switches this path on and off
+    // (activate / deactivate) as the server's media-route says.
+    this.managed = !!opts.managed;
+    this.active = !this.managed;
     this._iceServersOpt = opts.iceServers || null;
     this._iceServers = [];
     this.peers = new Map();
@@ -91,11 +95,36 @@ export class Call extends Emitter {
     };
     this.hub.on('state', onState);
     this._subs.push(['state', onState]);
+    if (this.managed) return this;
     const info = await this.hub.join(this.roomId, {
       userId: this.userId || this.hub.userId, displayName: this.displayName, media: this.media,
     });
     this.mode = (info && info.media) || 'mesh';
     return this;
+  }
+
+  /** (managed) Media goes peer-to-peer from now on: connect to `members`
+   * ([{userId, displayName}]); the member whose userId sorts first offers. */
+  activate(members, { newcomer = false } = {}) {
+    this.active = true;
+    const me = String(this.hub.userId);
+    for (const m of members) {
+      if (m.userId === this.hub.userId || this.peers.has(m.userId)) continue;
+      // A newcomer offers to everyone (as in a plain mesh); on a route switch
+      // everyone is already there and the smaller userId offers.
+      this._addPeer(m.userId, m.displayName, newcomer || me < String(m.userId));
+    }
+  }
+
+  /** (managed) Keep the peer connections playing, but make no new ones. */
+  freeze() {
+    this.active = false;
+  }
+
+  /** (managed) Media goes another way now: close every peer connection, quietly. */
+  deactivate() {
+    this.active = false;
+    for (const userId of [...this.peers.keys()]) this._closePeer(userId, 'route', false);
   }
 
   sendChat(text) {
@@ -227,6 +256,7 @@ export class Call extends Emitter {
   // ------------------------------------------------------------ membership
 
   _onRoomInfo(msg) {
+    if (!this.active) return;
     const members = Array.isArray(msg.members) && msg.members.length
       ? msg.members
       : (msg.users || []).map((userId) => ({ userId, displayName: userId }));
@@ -238,6 +268,10 @@ export class Call extends Emitter {
 
   _onUserJoined(msg) {
     if (msg.userId === this.hub.userId) return;
+    if (!this.active) {
+      this._closePeer(msg.userId, 'rejoined', false);
+      return;
+    }
     if (this.peers.has(msg.userId)) {
       // Back after a reconnect (rejoined: true) or a reload: the old
       // connection's other end is gone.
@@ -420,7 +454,7 @@ export class Call extends Emitter {
     if (!peer) {
       // An offer from someone we have not met yet (their user-joined crossed
       // our start): they are in the room, the server checked.
-      if (msg.type !== 'offer') return;
+      if (msg.type !== 'offer' || !this.active) return;
       peer = this._addPeer(from, from, false);
     }
     // One message at a time per peer, in arrival order.

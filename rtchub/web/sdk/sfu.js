@@ -59,6 +59,11 @@ export class SfuCall extends Emitter {
     this._subChain = Promise.resolve();
     this._answerWaiter = null;
     this._members = new Set();
+    // managed: an AutoCall joined the room and switches this path on and off.
+    this.managed = !!opts.managed;
+    this.active = !this.managed;
+    this.layers = new Map();     // userId -> the simulcast layer asked for (h, m, l, off)
+    this._sentLayer = new Map(); // trackId -> the layer last sent to the server
   }
 
   // ------------------------------------------------------------------ public
@@ -93,6 +98,7 @@ export class SfuCall extends Emitter {
     };
     this.hub.on('state', onState);
     this._subs.push(['state', onState]);
+    if (this.managed) return this;
     const info = await this.hub.join(this.roomId, {
       userId: this.userId || this.hub.userId, displayName: this.displayName, media: 'sfu',
     });
@@ -102,6 +108,66 @@ export class SfuCall extends Emitter {
     }
     if (this.localStream && this.localStream.getTracks().length) await this._queuePub(() => this._publish());
     return this;
+  }
+
+  /** (managed) Media goes through the SFU from now on: publish, subscribe to everyone. */
+  async activate() {
+    if (this.active) return;
+    this.active = true;
+    this._want([...this.tracks.values()]);
+    if ((this.localStream && this.localStream.getTracks().length) || this.screenTrack) {
+      await this._queuePub(() => this._publish());
+    }
+  }
+
+  /** (managed) Keep playing what we receive, but subscribe to nothing new. */
+  freeze() {
+    this.active = false;
+  }
+
+  /** (managed) Media goes peer-to-peer now: unpublish (Janus keeps no publisher of ours). */
+  deactivate() {
+    this.active = false;
+    this.streams.clear();
+    this._sentLayer.clear();
+    if (this.sub) {
+      const sub = this.sub;
+      this.sub = null;
+      this.midTrack.clear();
+      quiet(this.hub.send({ type: 'unsubscribe', roomId: this.roomId, all: true }));
+      sub.close();
+    }
+    quiet(this._queuePub(async () => {
+      if (!this.pub) return;
+      const pc = this.pub;
+      this.pub = null;
+      this.published.clear();
+      await this.hub.send({ type: 'unpublish', roomId: this.roomId });
+      pc.close();
+    }));
+  }
+
+  /**
+   * Adaptive simulcast: forward this layer of userId's camera to us
+   * (`h` full, `m` half, `l` quarter size, `off` no video). Sent as
+   * `subscribe-layer` when the track is (or becomes) part of our subscription.
+   */
+  setLayer(userId, layer) {
+    this.layers.set(userId, layer);
+    this._applyLayer(userId);
+  }
+
+  _applyLayer(userId) {
+    const layer = this.layers.get(userId);
+    if (!layer || !this.active) return;
+    const subscribed = new Set(this.midTrack.values());
+    for (const t of this.tracks.values()) {
+      if (t.userId !== userId || t.kind !== 'video' || t.source !== 'camera' || !subscribed.has(t.trackId)) continue;
+      if (this._sentLayer.get(t.trackId) === layer) continue;
+      this._sentLayer.set(t.trackId, layer);
+      this.hub.send({ type: 'subscribe-layer', roomId: this.roomId, trackId: t.trackId, layer })
+        .catch(() => this._sentLayer.delete(t.trackId));
+    }
   }
 
   /** Chat goes through the server as a room `message` (there are no data channels to
@@ -323,6 +389,7 @@ export class SfuCall extends Emitter {
   }
 
   _want(tracks) {
+    if (!this.active) return;
     const me = this.hub.userId;
     const ids = tracks.filter((t) => t.userId !== me).map((t) => t.trackId);
     if (ids.length) quiet(this.hub.send({ type: 'subscribe', roomId: this.roomId, tracks: ids }));
@@ -393,6 +460,7 @@ export class SfuCall extends Emitter {
     if (stream.getTracks().includes(track)) return;
     for (const old of stream.getTracks()) if (old.kind === track.kind) stream.removeTrack(old);
     stream.addTrack(track);
+    if (track.kind === 'video') queueMicrotask(() => this._applyLayer(info.userId));
     // A new MediaStream object for each change: <video> elements re-read srcObject.
     const view = new MediaStream(stream.getTracks());
     this.streams.set(info.userId, view);
@@ -440,6 +508,6 @@ export class SfuCall extends Emitter {
         setTimeout(() => quiet(retry(attempt + 1)), Math.min(2000, 200 * (attempt + 1)));
       }
     };
-    if (this.localStream || this.screenTrack) quiet(retry(0));
+    if ((this.localStream || this.screenTrack) && this.active) quiet(retry(0));
   }
 }
