@@ -13,7 +13,6 @@ beyond "frames kept advancing".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -219,7 +218,8 @@ async def test_adaptive_layers_follow_tile_size_and_visibility(make_e2e_server: 
     await ana.evaluate("(u) => rtchubDemo.spotlight(u)", ben)
     b, c = await wait_layers(ben, cyd)
     # What the server asked Janus for on Ana's subscriber handle.
-    peer = next(p for (r, _), p in app.sfu.peers.items() if r == room and p.user_id == await uid(ana))
+    ana_id = await uid(ana)
+    peer = next(p for (r, _), p in app.sfu.peers.items() if r == room and p.user_id == ana_id)
     directory = await app.sfu.shared.tracks(room)
     by_user = {t["u"]: peer.layers.get(tid) for tid, t in directory.items() if t["k"] == "video"}
     assert by_user[ben] == "h" and by_user[cyd] == "l", by_user
@@ -256,6 +256,13 @@ async def test_adaptive_layers_follow_tile_size_and_visibility(make_e2e_server: 
     for page in pages:
         assert await page.evaluate("rtchubDemo.errors") == []
     print(f"hidden tile: incoming video bitrate zero within {to_zero:.1f} s (incl. a 1 s check window)")
-    with contextlib.suppress(Exception):
-        await ana.click("#btn-diag")
-        await ana.wait_for_selector('#diag :text("SFU")', timeout=5000)
+    # The stats panel shows, per remote member, path, resolution, fps, bitrate and loss.
+    await ana.click("#btn-diag")
+    await ana.wait_for_function(
+        r"""() => { const cards = [...document.querySelectorAll('#diag .diag-card')].filter(
+              (c) => c.dataset.peer !== 'session');
+            const f = (c, k) => c.querySelector(`dd[data-field="${k}"]`)?.textContent || '';
+            return cards.length === 2 && cards.every((c) => f(c, 'Path') === 'SFU'
+              && /\d+×\d+/.test(f(c, 'Resolution')) && /fps/.test(f(c, 'Frame rate'))
+              && /kbps/.test(f(c, 'Video bitrate')) && /%/.test(f(c, 'Packet loss'))); }""",
+        timeout=15000)

@@ -32,7 +32,7 @@ const FIRST_FRAME_POLL_MS = 50;
 const SPEAKER_POLL_MS = 400;
 const LAYER_POLL_MS = 1000;
 // Layer widths assumed for a 1280-wide camera (h, m = 1/2, l = 1/4): a tile
-// gets the smallest layer at least ~80 % as wide as the tile is rendered.
+// gets the smallest layer at least as wide as the tile is rendered (device pixels).
 const LAYER_WIDTH = { l: 320, m: 640, h: 1280 };
 const ORDER = ['off', 'l', 'm', 'h'];
 
@@ -42,7 +42,7 @@ function quiet(p) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export function layerForWidth(px) {
-  for (const layer of ['l', 'm']) if (LAYER_WIDTH[layer] >= px * 0.8) return layer;
+  for (const layer of ['l', 'm']) if (LAYER_WIDTH[layer] >= px) return layer;
   return 'h';
 }
 
