@@ -267,6 +267,13 @@ function soundBlocked() {
  * Each step down is explained in a banner: a blocked camera must never look
  * like a broken call.
  */
+function captureSize() {
+  // ?video=640x360 asks for a smaller camera (many pages on one machine: the bench).
+  const m = /^(\d{2,4})x(\d{2,4})$/.exec(params.get('video') || '');
+  const [w, h] = m ? [Number(m[1]), Number(m[2])] : [1280, 720];
+  return { width: { ideal: w }, height: { ideal: h }, frameRate: { ideal: m ? 15 : 30 } };
+}
+
 async function getLocalMedia() {
   const md = navigator.mediaDevices;
   if (!md?.getUserMedia) {
@@ -275,7 +282,7 @@ async function getLocalMedia() {
   try {
     const stream = await md.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true },
-      video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
+      video: captureSize(),
     });
     return { stream, problem: null };
   } catch (err) {
@@ -732,7 +739,10 @@ async function main() {
   });
   hub.on('room-info', (m) => {
     if (m.roomId && m.roomId !== room) return;
-    if (m.media && m.media !== app.mode && !(app.mode === 'auto' && m.media === 'auto')) {
+    // An AutoCall plays mesh and auto rooms as they are; an SFU room (made
+    // with ?media=sfu) is followed with a reload, as the other modes do.
+    const fits = app.mode === 'auto' ? m.media !== 'sfu' : m.media === app.mode;
+    if (m.media && !fits) {
       // The room was made with the other mode: follow it.
       app.left = true;
       const url = new URL(location.href);
@@ -740,7 +750,7 @@ async function main() {
       location.replace(url.toString());
       return;
     }
-    document.body.dataset.mediaMode = app.mode;
+    document.body.dataset.mediaMode = app.mode === 'auto' && m.media === 'mesh' ? 'mesh' : app.mode;
     if (m.route) document.body.dataset.route = app.route = m.route;
     // After a reconnect this is the truth: drop tiles of people who left meanwhile.
     const present = new Set((m.members || []).map((mem) => mem.userId));
@@ -776,7 +786,7 @@ async function main() {
   // Call.start() joins the room itself; its room-info and the user-joined
   // events that follow build the mesh (and the tiles, through the handlers above).
   const opts = { localStream: app.localStream, userId: app.me.userId, displayName };
-  const call = app.mode === 'auto' ? new AutoCall(hub, room, opts)
+  const call = app.mode === 'auto' ? new AutoCall(hub, room, { ...opts, adaptive: params.get('adaptive') !== '0' })
     : app.mode === 'sfu' ? new SfuCall(hub, room, opts) : new Call(hub, room, { ...opts, media: wantedMedia || undefined });
   app.call = call;
   call.on('route', ({ route, from }) => {

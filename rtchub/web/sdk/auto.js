@@ -310,6 +310,7 @@ export class AutoCall extends Emitter {
   layerFor(userId) {
     const view = this.views.get(userId);
     if (!view) return null;
+    if (this.opts.adaptive === false) return 'h'; // every tile at full quality (the bench's baseline)
     if (!view.visible || document.visibilityState === 'hidden') return 'off';
     const want = layerForWidth(view.width);
     return ORDER.indexOf(want) > ORDER.indexOf(this.layerCap) ? this.layerCap : want;

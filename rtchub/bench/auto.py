@@ -1,0 +1,243 @@
+"""The ``auto`` scenario of ``rtchub bench`` (issue 16): adaptive calls in Chromium.
+
+It measures, with Debian's Chromium (fake camera) on the demo call page
+(AutoCall) against ``rtchub serve --sfu local`` (a real Janus):
+
+- *the longest video gap during a move*: two pages talk peer-to-peer, a
+  third joins (everyone moves to the SFU), then leaves (back to
+  peer-to-peer after ``--auto-p2p-after``). On the two pages that stay,
+  every 100 ms, the frame counter of each remote tile's <video> is read;
+  the longest time it did not advance during each move is the gap. The
+  newcomer's own tile is not counted (it had nothing to show before).
+- *subscriber downlink in a 10-person room*: ten pages (cameras at
+  ``SMALL``, 15 fps, three simulcast layers each) in one SFU room; one page
+  shows the room with one speaker large and eight small tiles, and its
+  received video bitrate is measured over ``WINDOW`` seconds, once with
+  adaptive layers (the default) and once with every tile forced to the
+  high layer (``?adaptive=0``).
+
+Like rtchub.bench.sfu, it runs only inside tools/netns-run (media never
+leaves the private namespace) and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+#: The flags TESTING-NOTES.md lists for headless fake-media calls on one machine.
+FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns,LocalNetworkAccessChecks",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+]
+SMALL = "640x360"
+WINDOW = 8.0
+P2P_AFTER = 2.0
+
+SAMPLER = """() => {
+  const g = window.__gap = { per: {} };
+  const watched = [...rtchubDemo.tiles.keys()];
+  window.__gapTimer = setInterval(() => {
+    const now = performance.now();
+    for (const id of watched) {
+      const tile = rtchubDemo.tiles.get(id);
+      if (!tile) continue;
+      const v = tile.video;
+      const n = v.getVideoPlaybackQuality().totalVideoFrames;
+      const p = g.per[id] || (g.per[id] = { el: v, n, last: now, max: 0 });
+      if (p.el !== v ? n > 0 : n > p.n) { p.max = Math.max(p.max, now - p.last); p.last = now; }
+      p.el = v;
+      p.n = n;
+    }
+  }, 100);
+}"""
+STOP = """() => { clearInterval(window.__gapTimer); const now = performance.now();
+  return Object.entries(window.__gap.per).filter(([id]) => rtchubDemo.tiles.has(id))
+    .map(([, p]) => Math.max(p.max, now - p.last)); }"""
+SETTLED = """([route, n]) => { const a = rtchubDemo; const c = a.call;
+  if (!c || a.route !== route || a.tiles.size !== n) return false;
+  const last = c.switches[c.switches.length - 1];
+  if (c.switches.length > 1 && (!last || last.done === null)) return false;
+  return [...a.tiles.values()].every((t) => t.video.videoWidth > 0
+    && t.video.getVideoPlaybackQuality().totalVideoFrames > 3
+    && c.shown.get(t.userId) && c.shown.get(t.userId).path === route); }"""
+DOWNLINK = """async () => { const pc = rtchubDemo.call.sfu.sub; const r = await pc.getStats();
+  let b = 0;
+  r.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') b += s.bytesReceived || 0; });
+  return { bytes: b, t: performance.now() }; }"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``rtchub serve --sfu local`` (media mode ``auto``, the default with an SFU)."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        exe = shutil.which("rtchub", path=str(Path(sys.executable).parent)) or "rtchub"
+        self.proc = subprocess.Popen(
+            [exe, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--stun-port", "0",
+             "--sfu", "local", "--sfu-ice-ip", os.environ["RTCHUB_NETNS"], "--max-msg-rate", "0",
+             "--max-joins-per-second", "0", "--auto-p2p-after", str(P2P_AFTER),
+             "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def _page(browser: Any, url: str) -> Any:
+    ctx = await browser.new_context(viewport={"width": 1280, "height": 800})
+    page = await ctx.new_page()
+    await page.goto(url)
+    await page.wait_for_function("window.rtchubDemo && rtchubDemo.hub && rtchubDemo.hub.userId")
+    return page
+
+
+async def _moves(browser: Any, base: str, rounds: int) -> dict[str, list[float]]:
+    up: list[float] = []
+    down: list[float] = []
+    for i in range(rounds):
+        room = f"move-{i}"
+        a = await _page(browser, f"{base}/call.html?room={room}&name=A")
+        b = await _page(browser, f"{base}/call.html?room={room}&name=B")
+        for p in (a, b):
+            await p.wait_for_function(SETTLED, arg=["p2p", 1], timeout=60000)
+        for p in (a, b):
+            await p.evaluate(SAMPLER)
+        c = await _page(browser, f"{base}/call.html?room={room}&name=C")
+        for p in (a, b, c):
+            await p.wait_for_function(SETTLED, arg=["sfu", 2], timeout=60000)
+        for p in (a, b):
+            up += await p.evaluate(STOP)
+            await p.evaluate(SAMPLER)
+        await c.context.close()
+        for p in (a, b):
+            await p.wait_for_function(SETTLED, arg=["p2p", 1], timeout=60000)
+        for p in (a, b):
+            down += await p.evaluate(STOP)
+        for p in (a, b):
+            await p.context.close()
+    return {"p2p_to_sfu_ms": up, "sfu_to_p2p_ms": down}
+
+
+async def _downlink(browser: Any, base: str, members: int, adaptive: bool) -> dict[str, Any]:
+    room = f"big-{'a' if adaptive else 'h'}"
+    others = [await _page(browser, f"{base}/call.html?room={room}&name=P{i}&video={SMALL}")
+              for i in range(members - 1)]
+    flag = "" if adaptive else "&adaptive=0"
+    viewer = await _page(browser, f"{base}/call.html?room={room}&name=V&video={SMALL}{flag}")
+    await viewer.wait_for_function(SETTLED, arg=["sfu", members - 1], timeout=120000)
+    # One speaker large, the others small (what the demo does for the active speaker).
+    first = await viewer.evaluate("[...rtchubDemo.tiles.keys()][0]")
+    await viewer.evaluate("(u) => rtchubDemo.spotlight(u)", first)
+    await asyncio.sleep(4.0)  # layer switches happen at keyframes
+    s0 = await viewer.evaluate(DOWNLINK)
+    await asyncio.sleep(WINDOW)
+    s1 = await viewer.evaluate(DOWNLINK)
+    kbps = (s1["bytes"] - s0["bytes"]) * 8 / (s1["t"] - s0["t"])
+    layers = await viewer.evaluate("[...rtchubDemo.call.sfu.layers.values()]")
+    for p in [viewer, *others]:
+        await p.context.close()
+    return {"kbps": round(kbps), "layers": layers}
+
+
+async def measure(quick: bool) -> dict[str, Any]:
+    from playwright.async_api import async_playwright
+
+    rounds = 1 if quick else 3
+    members = 5 if quick else 10
+    server = Server()
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                moves = await _moves(browser, server.url, rounds)
+                adaptive = await _downlink(browser, server.url, members, True)
+                high = await _downlink(browser, server.url, members, False)
+            finally:
+                await browser.close()
+    finally:
+        server.stop()
+
+    def summary(values: list[float]) -> dict[str, Any]:
+        return {"max": round(max(values)) if values else None,
+                "median": round(statistics.median(values)) if values else None,
+                "all": [round(v) for v in values]}
+
+    return {
+        "rounds": rounds,
+        "gap_p2p_to_sfu_ms": summary(moves["p2p_to_sfu_ms"]),
+        "gap_sfu_to_p2p_ms": summary(moves["sfu_to_p2p_ms"]),
+        "members": members,
+        "downlink_adaptive_kbps": adaptive["kbps"],
+        "downlink_all_high_kbps": high["kbps"],
+        "adaptive_layers": adaptive["layers"],
+        "camera": f"{SMALL} at 15 fps, 3 simulcast layers",
+    }
+
+
+def run_in_namespace(quick: bool) -> dict[str, Any]:
+    """Run :func:`measure` inside tools/netns-run (a private network namespace)."""
+    if not shutil.which("janus") or not Path(CHROMIUM).exists():
+        raise RuntimeError("janus and chromium are needed (make system-deps)")
+    cmd = [str(ROOT / "tools" / "netns-run"), sys.executable, "-m", "rtchub.bench.auto"]
+    if quick:
+        cmd.append("--quick")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1:] or "failed")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if not os.environ.get("RTCHUB_NETNS"):
+        print("refusing to send media outside a private namespace: run through tools/netns-run",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(asyncio.run(measure(args.quick))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
