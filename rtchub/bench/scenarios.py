@@ -15,7 +15,10 @@ Sizes (full / ``--quick``):
   FastAPI app under uvicorn (:mod:`rtchub.bench.asgi_app`), one after the
   other in the same run: the ratio is what docs/asgi.md quotes.
 - ``sfu``: join -> first remote frame, mesh vs SFU, rtchub CPU per SFU join,
-  Janus CPU per forwarded stream (rtchub.bench.sfu, inside tools/netns-run).
+  Janus CPU per forwarded stream (rtchub.bench.sfu, inside tools/netns-run);
+- ``auto``: longest video gap while a call moves p2p -> SFU -> p2p, and a
+  10-person room's subscriber downlink with adaptive layers vs all-high
+  (rtchub.bench.auto, Chromium pages inside tools/netns-run).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary
 
 log = logging.getLogger("rtchub.bench")
 
-SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "asgi", "sfu")
+SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "asgi", "sfu",
+             "auto")
 #: The two servers of the ``asgi`` scenario: the native one, then the ASGI mount.
 ASGI_SERVERS = ("rtchub", "rtchub-asgi")
 
@@ -142,6 +146,25 @@ def sfu_rows(plan: Plan, rows: dict[tuple[str, str], Metric]) -> dict[str, Any]:
     return r
 
 
+def auto_rows(plan: Plan, rows: dict[tuple[str, str], Metric]) -> dict[str, Any]:
+    """The ``auto`` scenario's numbers as rows of the rtchub column (rtchub.bench.auto)."""
+    from rtchub.bench.auto import run_in_namespace
+
+    r = run_in_namespace(plan.quick)
+
+    def put(name: str, unit: str, value: float | None) -> None:
+        metric = rows.setdefault(("auto", name), Metric("auto", name, unit, False))
+        metric.values["rtchub"] = value
+
+    put("longest video gap, p2p → SFU move", "ms", r["gap_p2p_to_sfu_ms"]["max"])
+    put("longest video gap, SFU → p2p move", "ms", r["gap_sfu_to_p2p_ms"]["max"])
+    put(f"subscriber downlink, {r['members']}-person room, adaptive layers", "kbit/s",
+        r["downlink_adaptive_kbps"])
+    put(f"subscriber downlink, {r['members']}-person room, all high", "kbit/s",
+        r["downlink_all_high_kbps"])
+    return r
+
+
 def broker_available() -> str | None:
     """Why cross-node cannot run, or None when ``--broker redis://`` is implemented."""
     import importlib.util
@@ -165,6 +188,14 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
             except Exception as exc:  # Janus missing, no namespace: say so, run the rest
                 skipped[scenario] = f"failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
                 say(f"sfu: {skipped[scenario]}")
+            continue
+        if scenario == "auto":
+            say("auto: Chromium pages and Janus in a private network namespace ...")
+            try:
+                raw[scenario] = auto_rows(plan, rows)
+            except Exception as exc:  # Janus/Chromium missing, no namespace: say so, run the rest
+                skipped[scenario] = f"failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                say(f"auto: {skipped[scenario]}")
             continue
         if scenario == "cross-node":
             why = broker_available()
