@@ -42,6 +42,11 @@ bench/node_modules/.installed: bench/package.json bench/package-lock.json
 	cd bench && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The real PeerJS browser client for tests/e2e/test_peerjs_browser.py (test-only).
+tests/e2e/peerjs/node_modules/.installed: tests/e2e/peerjs/package.json tests/e2e/peerjs/package-lock.json
+	cd tests/e2e/peerjs && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # apt-get only when something is missing and we may (root); otherwise say what is missing.
 system-deps:
 	@$(MAKE) --no-print-directory install-deps DEPS="$(SYSTEM_DEPS)"
@@ -68,7 +73,8 @@ run: $(VENV)/.installed
 	@sfu=""; if [ -n "$(SFU)" ] && command -v janus >/dev/null 2>&1; then sfu="--sfu $(SFU)"; fi; \
 	exec $(BIN)/rtchub serve --host $(HOST) --port $(PORT) $$sfu
 
-test: system-deps $(VENV)/.installed-test bench/node_modules/.installed $(VENV)/wheelhouse/.ready
+test: system-deps $(VENV)/.installed-test bench/node_modules/.installed $(VENV)/wheelhouse/.ready \
+	tests/e2e/peerjs/node_modules/.installed
 	$(BIN)/ruff check rtchub tests
 	tools/netns-run $(BIN)/python -m pytest -q -rfE
 

@@ -650,7 +650,7 @@ class Cluster(HubObserver):
                      key: tuple[str, str]) -> None:
         room_id, uid = req.room_id, req.user_id
         try:
-            limit = self.hub.room_limit(req.media or self.settings.media_mode)
+            limit = self.hub.room_cap(room_id, req.media or self.settings.media_mode)
             res = await self.broker.claim(room_id, uid, session.id, req.display_name or uid,
                                           limit, self.ttl_ms)
         except BrokerDown as exc:

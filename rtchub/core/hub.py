@@ -118,6 +118,9 @@ class Hub:
         #: room this join creates (may raise ProtocolError). ``None``: the join's
         #: own ``media`` field, else ``--media-mode``. Set by rtchub.sfu.
         self.media_policy: Callable[[Session, JoinRequest], str] | None = None
+        #: Member limits of particular rooms (roomId -> limit) instead of
+        #: ``max_room_members``: a PeerJS key is one room holding a whole app's peers.
+        self.room_caps: dict[str, int] = {}
         #: ``resume_elsewhere(session, old_id, last_seq, msg_id)``: set by the cluster
         #: (rtchub.broker.cluster) to resume a session another node holds; it
         #: answers asynchronously. ``None`` on a single node. The cluster also
@@ -136,12 +139,6 @@ class Hub:
         if mtype in self._handlers:
             raise ValueError(f"message type {mtype!r} is already handled")
         self._handlers[mtype] = handler
-
-    def room_limit(self, media: str) -> int:
-        """Members allowed in a room of this media mode: a mesh costs every member
-        one stream per other member, an SFU one stream up."""
-        s = self.settings
-        return s.max_sfu_room_members if media == "sfu" else s.max_room_members
 
     # ------------------------------------------------------------------ sessions
     def open(self, sink: Sink | None, *, user_id: str | None = None,
@@ -436,7 +433,7 @@ class Hub:
                 if not old.rooms:
                     self.end(old, "rejoined")
                 rejoined = True
-            elif len(room.members) >= (limit := self.room_limit(room.media)):
+            elif len(room.members) >= (limit := self.room_cap(room_id, room.media)):
                 raise ProtocolError(ErrorCode.ROOM_FULL,
                                     f"{room.media} room {room_id!r} is full ({limit})", req.msg_id)
         else:
@@ -463,6 +460,16 @@ class Hub:
             self._accepted(session, req.msg_id)
         for obs in self.observers:
             obs.member_joined(room, member, rejoined)
+
+    def room_cap(self, room_id: str, media: str | None = None) -> int:
+        """How many members ``room_id`` may hold: its own cap (``room_caps``), else by
+        media mode: a mesh costs every member one stream per other member
+        (``max_room_members``), an SFU one stream up (``max_sfu_room_members``)."""
+        cap = self.room_caps.get(room_id)
+        if cap is not None:
+            return cap
+        s = self.settings
+        return s.max_sfu_room_members if media == "sfu" else s.max_room_members
 
     def _leave(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
         room_id = m.check_id(msg.get("roomId"), "roomId", msg_id)
