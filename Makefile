@@ -64,10 +64,14 @@ install-deps:
 	  else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
-# SFU=local (default) starts a supervised Janus; SFU= runs without one (mesh only).
+# SFU=local (default) starts a supervised Janus, installed when missing; SFU= runs
+# without one (mesh only), and so does a machine where Janus cannot be installed.
 SFU ?= local
-run: run-deps $(VENV)/.installed
-	$(BIN)/rtchub serve --host $(HOST) --port $(PORT) $(if $(SFU),--sfu $(SFU))
+run: $(VENV)/.installed
+	@[ -z "$(SFU)" ] || $(MAKE) --no-print-directory run-deps || \
+	  echo "rtchub: Janus is not installed: serving without an SFU (mesh rooms only)"
+	@sfu=""; if [ -n "$(SFU)" ] && command -v janus >/dev/null 2>&1; then sfu="--sfu $(SFU)"; fi; \
+	exec $(BIN)/rtchub serve --host $(HOST) --port $(PORT) $$sfu
 
 test: system-deps $(VENV)/.installed-test bench/node_modules/.installed $(VENV)/wheelhouse/.ready \
 	tests/e2e/peerjs/node_modules/.installed

@@ -1,7 +1,7 @@
 """The SFU's pure parts and its seams with the core, without Janus.
 
 - the hub's extension points it uses (``register``, ``media_policy``,
-  ``room_limit``, ``Room.media``), with fake sinks and a fake clock;
+  ``room_cap``, ``Room.media``), with fake sinks and a fake clock;
 - placement and shared maps on both broker engines (memory, and a real
   redis-server started by the fixture): compare-and-set semantics;
 - what a server without an SFU answers (coded errors, not silence).

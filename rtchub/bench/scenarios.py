@@ -13,7 +13,7 @@ Sizes (full / ``--quick``):
 - ``cross-node``: ``relay`` across two rtchub nodes sharing Redis;
 - ``asgi``: ``relay`` on the native server and on rtchub mounted in a
   FastAPI app under uvicorn (:mod:`rtchub.bench.asgi_app`), one after the
-  other in the same run: the ratio is what docs/asgi.md quotes.
+  other in the same run: the ratio is what docs/asgi.md quotes;
 - ``sfu``: join -> first remote frame, mesh vs SFU, rtchub CPU per SFU join,
   Janus CPU per forwarded stream (rtchub.bench.sfu, inside tools/netns-run);
 - ``auto``: longest video gap while a call moves p2p -> SFU -> p2p, and a

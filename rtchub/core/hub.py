@@ -118,13 +118,13 @@ class Hub:
         #: Thresholds of ``auto`` rooms, and the rooms whose move back to p2p is pending.
         self.route_policy = RoutePolicy(self.settings.auto_sfu_from, self.settings.auto_p2p_after)
         self._rerouting: set[str] = set()
-        #: Member limits of particular rooms (roomId -> limit) instead of
-        #: ``max_room_members``: a PeerJS key is one room holding a whole app's peers.
-        self.room_caps: dict[str, int] = {}
         #: ``media_policy(session, request) -> "mesh" | "sfu"``: the media mode of a
         #: room this join creates (may raise ProtocolError). ``None``: the join's
         #: own ``media`` field, else ``--media-mode``. Set by rtchub.sfu.
         self.media_policy: Callable[[Session, JoinRequest], str] | None = None
+        #: Member limits of particular rooms (roomId -> limit) instead of
+        #: ``max_room_members``: a PeerJS key is one room holding a whole app's peers.
+        self.room_caps: dict[str, int] = {}
         #: ``resume_elsewhere(session, old_id, last_seq, msg_id)``: set by the cluster
         #: (rtchub.broker.cluster) to resume a session another node holds; it
         #: answers asynchronously. ``None`` on a single node. The cluster also
@@ -143,12 +143,6 @@ class Hub:
         if mtype in self._handlers:
             raise ValueError(f"message type {mtype!r} is already handled")
         self._handlers[mtype] = handler
-
-    def room_limit(self, media: str) -> int:
-        """Members allowed in a room of this media mode: a mesh costs every member
-        one stream per other member, an SFU one stream up."""
-        s = self.settings
-        return s.max_sfu_room_members if media in SFU_MODES else s.max_room_members
 
     @property
     def default_media(self) -> str:
@@ -490,10 +484,15 @@ class Hub:
             obs.member_joined(room, member, rejoined)
 
     def room_cap(self, room_id: str, media: str | None = None) -> int:
-        """How many members ``room_id`` may hold: its own cap (a PeerJS key), else
-        the limit of its media mode (``None``: the server's ``--media-mode``)."""
+        """How many members ``room_id`` may hold: its own cap (``room_caps``), else by
+        media mode (``None``: the server's default): a mesh costs every member one
+        stream per other member (``max_room_members``), an SFU (and an ``auto`` room,
+        which moves to it) one stream up (``max_sfu_room_members``)."""
         cap = self.room_caps.get(room_id)
-        return cap if cap is not None else self.room_limit(media or self.default_media)
+        if cap is not None:
+            return cap
+        s = self.settings
+        return s.max_sfu_room_members if (media or self.default_media) in SFU_MODES else s.max_room_members
 
     def _leave(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
         room_id = m.check_id(msg.get("roomId"), "roomId", msg_id)
