@@ -137,3 +137,18 @@ async def test_server_without_sfu_answers_with_codes(make_server: Any) -> None:
     await c.close()
     with pytest.raises(ValueError):
         await make_server(media_mode="sfu")
+
+
+async def test_server_without_sfu_auto_is_mesh_and_layers_are_coded(make_server: Any) -> None:
+    app = await make_server()
+    c = await raw_joined(app, "warmup", "alice")
+    await c.send({"type": "join", "roomId": "either", "media": "auto", "id": 0})
+    assert (await c.expect("room-info"))["media"] == "mesh"   # auto = "I can do both": no SFU
+    await c.expect("ack")
+    await c.send({"type": "subscribe-layer", "roomId": "either", "trackId": "t-1", "layer": "h", "id": 1})
+    assert (await c.expect("error"))["code"] == "wrong-media-mode"
+    await c.send({"type": "unsubscribe", "roomId": "either", "all": True, "id": 2})
+    assert (await c.expect("error"))["code"] == "wrong-media-mode"
+    await c.close()
+    with pytest.raises(ValueError):
+        await make_server(media_mode="auto")

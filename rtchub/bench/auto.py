@@ -7,8 +7,10 @@ It measures, with Debian's Chromium (fake camera) on the demo call page
   third joins (everyone moves to the SFU), then leaves (back to
   peer-to-peer after ``--auto-p2p-after``). On the two pages that stay,
   every 100 ms, the frame counter of each remote tile's <video> is read;
-  the longest time it did not advance during each move is the gap. The
-  newcomer's own tile is not counted (it had nothing to show before).
+  the longest time it did not advance during each move is the gap, and
+  the time without a new frame just before the tile swapped to the new
+  path is the gap of the switch itself. The newcomer's own tile is not
+  counted (it had nothing to show before).
 - *subscriber downlink in a 10-person room*: ten pages (cameras at
   ``SMALL``, 15 fps, three simulcast layers each) in one SFU room; one page
   shows the room with one speaker large and eight small tiles, and its
@@ -62,7 +64,8 @@ SAMPLER = """() => {
       if (!tile) continue;
       const v = tile.video;
       const n = v.getVideoPlaybackQuality().totalVideoFrames;
-      const p = g.per[id] || (g.per[id] = { el: v, n, last: now, max: 0 });
+      const p = g.per[id] || (g.per[id] = { el: v, n, last: now, max: 0, swap: null });
+      if (p.el !== v) p.swap = now - p.last;
       if (p.el !== v ? n > 0 : n > p.n) { p.max = Math.max(p.max, now - p.last); p.last = now; }
       p.el = v;
       p.n = n;
@@ -71,7 +74,7 @@ SAMPLER = """() => {
 }"""
 STOP = """() => { clearInterval(window.__gapTimer); const now = performance.now();
   return Object.entries(window.__gap.per).filter(([id]) => rtchubDemo.tiles.has(id))
-    .map(([, p]) => Math.max(p.max, now - p.last)); }"""
+    .map(([, p]) => [Math.max(p.max, now - p.last), p.swap]); }"""
 SETTLED = """([route, n]) => { const a = rtchubDemo; const c = a.call;
   if (!c || a.route !== route || a.tiles.size !== n) return false;
   const last = c.switches[c.switches.length - 1];
@@ -134,6 +137,8 @@ async def _page(browser: Any, url: str) -> Any:
 async def _moves(browser: Any, base: str, rounds: int) -> dict[str, list[float]]:
     up: list[float] = []
     down: list[float] = []
+    swaps_up: list[float | None] = []
+    swaps_down: list[float | None] = []
     for i in range(rounds):
         room = f"move-{i}"
         a = await _page(browser, f"{base}/call.html?room={room}&name=A")
@@ -146,16 +151,22 @@ async def _moves(browser: Any, base: str, rounds: int) -> dict[str, list[float]]
         for p in (a, b, c):
             await p.wait_for_function(SETTLED, arg=["sfu", 2], timeout=60000)
         for p in (a, b):
-            up += await p.evaluate(STOP)
+            for gap, swap in await p.evaluate(STOP):
+                up.append(gap)
+                swaps_up.append(swap)
             await p.evaluate(SAMPLER)
         await c.context.close()
         for p in (a, b):
             await p.wait_for_function(SETTLED, arg=["p2p", 1], timeout=60000)
         for p in (a, b):
-            down += await p.evaluate(STOP)
+            for gap, swap in await p.evaluate(STOP):
+                down.append(gap)
+                swaps_down.append(swap)
         for p in (a, b):
             await p.context.close()
-    return {"p2p_to_sfu_ms": up, "sfu_to_p2p_ms": down}
+    return {"p2p_to_sfu_ms": up, "sfu_to_p2p_ms": down,
+            "swap_p2p_to_sfu_ms": [s for s in swaps_up if s is not None],
+            "swap_sfu_to_p2p_ms": [s for s in swaps_down if s is not None]}
 
 
 async def _downlink(browser: Any, base: str, members: int, adaptive: bool) -> dict[str, Any]:
@@ -206,6 +217,9 @@ async def measure(quick: bool) -> dict[str, Any]:
         "rounds": rounds,
         "gap_p2p_to_sfu_ms": summary(moves["p2p_to_sfu_ms"]),
         "gap_sfu_to_p2p_ms": summary(moves["sfu_to_p2p_ms"]),
+        # The time without a new frame just before the tile swapped paths (the switch itself).
+        "gap_at_swap_p2p_to_sfu_ms": summary(moves["swap_p2p_to_sfu_ms"]),
+        "gap_at_swap_sfu_to_p2p_ms": summary(moves["swap_sfu_to_p2p_ms"]),
         "members": members,
         "downlink_adaptive_kbps": adaptive["kbps"],
         "downlink_all_high_kbps": high["kbps"],

@@ -38,8 +38,9 @@ SAMPLER = """() => {
       const v = tile.video;
       const n = v.getVideoPlaybackQuality().totalVideoFrames;
       const p = g.per[id] || (g.per[id] = { el: v, n, last: now, max: 0, advances: 0 });
+      if (p.el !== v) { p.swapAt = Math.round(now - g.since); p.gapAtSwap = Math.round(now - p.last); }
       if (p.el !== v ? n > 0 : n > p.n) {
-        p.max = Math.max(p.max, now - p.last);
+        if (now - p.last > p.max) { p.max = now - p.last; p.maxEndAt = Math.round(now - g.since); }
         p.last = now;
         p.advances += 1;
       }
@@ -55,7 +56,8 @@ STOP_SAMPLER = """() => {
   const out = { sampledMs: Math.round(now - window.__gap.since) };
   for (const [id, p] of Object.entries(window.__gap.per)) {
     if (!rtchubDemo.tiles.has(id)) continue;  // the member who left
-    out[id] = { maxGapMs: Math.round(Math.max(p.max, now - p.last)), advances: p.advances };
+    out[id] = { maxGapMs: Math.round(Math.max(p.max, now - p.last)), advances: p.advances,
+                gapEndedAtMs: p.maxEndAt, swappedAtMs: p.swapAt, gapAtSwapMs: p.gapAtSwap };
   }
   return out;
 }"""
