@@ -11,9 +11,10 @@ It measures, with Debian's Chromium (fake camera) on the demo call page
   the time without a new frame just before the tile swapped to the new
   path is the gap of the switch itself. The newcomer's own tile is not
   counted (it had nothing to show before).
-- *subscriber downlink in a 10-person room*: ten pages (cameras at
-  ``SMALL``, 15 fps, three simulcast layers each) in one SFU room; one page
-  shows the room with one speaker large and eight small tiles, and its
+- *subscriber downlink in a 10-person room*: nine publish-only pages
+  (SfuCall, ``autoSubscribe: false``; cameras at ``SMALL``, 15 fps, three
+  simulcast layers each) in one SFU room, and one demo page (AutoCall)
+  that shows the room with one member large and eight small tiles; its
   received video bitrate is measured over ``WINDOW`` seconds, once with
   adaptive layers (the default) and once with every tile forced to the
   high layer (``?adaptive=0``).
@@ -169,12 +170,41 @@ async def _moves(browser: Any, base: str, rounds: int) -> dict[str, list[float]]
             "swap_sfu_to_p2p_ms": [s for s in swaps_down if s is not None]}
 
 
+#: A publish-only member: the SDK's SfuCall with autoSubscribe off (a 10-person
+#: room where every page decoded nine videos would measure the machine, not rtchub).
+PUBLISHER = """<!doctype html><meta charset="utf-8"><script type="module">
+import { RtcHub, SfuCall } from '/sdk/rtchub.js';
+const q = new URLSearchParams(location.search);
+const [w, h] = q.get('video').split('x').map(Number);
+const localStream = await navigator.mediaDevices.getUserMedia({
+  audio: true, video: { width: { ideal: w }, height: { ideal: h }, frameRate: { ideal: 15 } } });
+const hub = new RtcHub();
+await hub.connect();
+const call = new SfuCall(hub, q.get('room'), { localStream, autoSubscribe: false });
+await call.start();
+window.published = () => call.published.size;
+</script>"""
+
+
+async def _publisher(browser: Any, base: str, room: str, i: int) -> Any:
+    ctx = await browser.new_context()
+    page = await ctx.new_page()
+    url = f"{base}/bench-publisher.html?room={room}&video={SMALL}&n={i}"
+
+    async def serve(route: Any) -> None:
+        await route.fulfill(status=200, content_type="text/html; charset=utf-8", body=PUBLISHER)
+
+    await page.route(url, serve)
+    await page.goto(url)
+    await page.wait_for_function("window.published && window.published() >= 2", timeout=60000)
+    return page
+
+
 async def _downlink(browser: Any, base: str, members: int, adaptive: bool) -> dict[str, Any]:
     room = f"big-{'a' if adaptive else 'h'}"
-    others = [await _page(browser, f"{base}/call.html?room={room}&name=P{i}&video={SMALL}")
-              for i in range(members - 1)]
+    others = [await _publisher(browser, base, room, i) for i in range(members - 1)]
     flag = "" if adaptive else "&adaptive=0"
-    viewer = await _page(browser, f"{base}/call.html?room={room}&name=V&video={SMALL}{flag}")
+    viewer = await _page(browser, f"{base}/call.html?room={room}&name=V&media=auto&video={SMALL}{flag}")
     await viewer.wait_for_function(SETTLED, arg=["sfu", members - 1], timeout=120000)
     # One speaker large, the others small (what the demo does for the active speaker).
     first = await viewer.evaluate("[...rtchubDemo.tiles.keys()][0]")

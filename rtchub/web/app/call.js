@@ -741,7 +741,7 @@ async function main() {
     if (m.roomId && m.roomId !== room) return;
     // An AutoCall plays mesh and auto rooms as they are; an SFU room (made
     // with ?media=sfu) is followed with a reload, as the other modes do.
-    const fits = app.mode === 'auto' ? m.media !== 'sfu' : m.media === app.mode;
+    const fits = app.mode === 'auto' ? m.media !== 'sfu' || wantedMedia === 'auto' : m.media === app.mode;
     if (m.media && !fits) {
       // The room was made with the other mode: follow it.
       app.left = true;

@@ -39,6 +39,9 @@ export class SfuCall extends Emitter {
     this.displayName = opts.displayName;
     this.userId = opts.userId;
     this.simulcast = opts.simulcast !== false;
+    // autoSubscribe: false makes a publish-only member (a camera, a bot):
+    // it receives nothing unless subscribe() is called.
+    this.autoSubscribe = opts.autoSubscribe !== false;
     this._iceServersOpt = opts.iceServers || null;
     this._iceServers = [];
     this.mode = 'sfu';
@@ -388,8 +391,13 @@ export class SfuCall extends Emitter {
     this._mediaState(m.userId);
   }
 
+  /** Receive these tracks (trackIds), also with autoSubscribe: false. */
+  subscribe(trackIds) {
+    return this.hub.send({ type: 'subscribe', roomId: this.roomId, tracks: trackIds });
+  }
+
   _want(tracks) {
-    if (!this.active) return;
+    if (!this.active || !this.autoSubscribe) return;
     const me = this.hub.userId;
     const ids = tracks.filter((t) => t.userId !== me).map((t) => t.trackId);
     if (ids.length) quiet(this.hub.send({ type: 'subscribe', roomId: this.roomId, tracks: ids }));
