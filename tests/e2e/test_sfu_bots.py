@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,7 @@ from rtchub.sfu.supervisor import LocalJanus
 from tests.conftest import Servers
 from tests.e2e.conftest import require_private_network
 from tests.redis_fixture import redis_server  # noqa: F401
+from tests.test_cluster import wait_ready
 
 pytestmark = pytest.mark.e2e
 SECRET = "sfu-test-secret-0123456789-0123456789"
@@ -360,10 +362,20 @@ def test_local_janus_dies_with_a_killed_rtchub(server_process: Any) -> None:
         time.sleep(0.05)
     janus = kids[0]
     folder = janus.cmdline()[janus.cmdline().index("-F") + 1]
+    # Up and connected (readyz checks the SFU): Janus is past its start-up.
+    while True:
+        try:
+            with urllib.request.urlopen(f"{proc.url}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline + 20, "rtchub --sfu local never became ready"
+        time.sleep(0.1)
     proc.proc.kill()
     proc.proc.wait(5)
     try:
-        janus.wait(10)  # psutil.TimeoutExpired if it outlives its parent
+        janus.wait(20)  # psutil.TimeoutExpired if it outlives its parent
         assert not janus.is_running()
     finally:
         if janus.is_running():
@@ -388,6 +400,8 @@ async def test_node_killed_during_sfu_call_media_flows_signaling_resumes(
                   "--log-level", "warning")
         victim = server_process(*common, "--node-id", "sfu-victim")
         survivor = server_process(*common, "--node-id", "sfu-survivor")
+        for node in (victim, survivor):  # cluster up and Janus connected
+            await wait_ready(node.url)
         alice_client = Client(victim.url, backoff_base=0.05, backoff_cap=0.5)
         # Alice's load balancer sends her reconnect to the surviving node.
         alice_client.on("state", lambda e: setattr(alice_client, "url", survivor.url)
