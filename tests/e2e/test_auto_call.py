@@ -170,6 +170,8 @@ async def test_auto_p2p_for_two_sfu_for_three_back_to_p2p(make_e2e_server: Serve
     assert gaps_down["Ana"][ben_id]["advances"] > 5
     for page in (ana, ben):
         assert await page.evaluate("rtchubDemo.errors") == []
+        # No renegotiation storm: no crossing offers on the peer-to-peer path.
+        assert await page.evaluate("rtchubDemo.call.mesh.collisions") == 0
         moves = await page.evaluate(
             "rtchubDemo.call.switches.map((s) => [s.route, Math.round(s.done - s.started)])")
         assert [m[0] for m in moves] == ["p2p", "sfu", "p2p"], moves
@@ -255,9 +257,23 @@ async def test_adaptive_layers_follow_tile_size_and_visibility(make_e2e_server: 
         return first and second and second["layer"] != "off" and second["bytes"] > first["bytes"]
 
     assert await eventually(flowing, 20.0)
+    print(f"hidden tile: incoming video bitrate zero within {to_zero:.1f} s (incl. a 1 s check window)")
+
+    # Active speaker (from the receivers' audio levels): the one member whose
+    # microphone is on takes the large tile on Ana's page.
+    async def speaker_is(user: str) -> None:
+        await ana.wait_for_function(
+            """(u) => rtchubDemo.speaker === u
+                 && document.querySelector('.tile.spotlight')?.dataset.userId === u""",
+            arg=user, timeout=30000)
+
+    await pages[2].click("#btn-mic")          # Cyd mutes: Ben is the only sound
+    await speaker_is(ben)
+    await pages[1].click("#btn-mic")          # Ben mutes, Cyd speaks again
+    await pages[2].click("#btn-mic")
+    await speaker_is(cyd)
     for page in pages:
         assert await page.evaluate("rtchubDemo.errors") == []
-    print(f"hidden tile: incoming video bitrate zero within {to_zero:.1f} s (incl. a 1 s check window)")
     # The stats panel shows, per remote member, path, resolution, fps, bitrate and loss.
     await ana.click("#btn-diag")
     await ana.wait_for_function(
