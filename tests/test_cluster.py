@@ -653,3 +653,32 @@ async def test_room_webhooks_fire_once_for_the_whole_cluster(nodes: Any, peers: 
         assert rx.bad_signatures == 0
     finally:
         await rx.stop()
+
+
+# ------------------------------------------------------------------ auto rooms
+async def test_auto_room_route_across_nodes(nodes: Any, peers: Any) -> None:
+    """Every node decides an auto room's route from the same membership and tells
+    its own members, once: p2p for two, SFU when a third joins on another node,
+    p2p again after the hysteresis delay once it has left. (The route needs no
+    media, so the SFU here is a Janus URL nobody answers: it only makes rooms auto.)"""
+    apps = await nodes(2, sfu_url=["ws://127.0.0.1:9"], auto_p2p_after=1.0)
+    room = room_name()
+    a = await peers(apps[0], "a")
+    b = await peers(apps[0], "b")
+    c = await peers(apps[1], "c")
+    for p, user in ((a, "alice"), (b, "bob")):
+        ack = await p.request({"type": "join", "roomId": room, "userId": user, "media": "auto", "id": "j"})
+        assert ack["type"] == "ack", ack
+    assert a.of("room-info")[-1]["media"] == "auto" and a.of("room-info")[-1]["route"] == "p2p"
+    ack = await c.request({"type": "join", "roomId": room, "userId": "carol", "media": "auto", "id": "j"})
+    assert ack["type"] == "ack", ack
+    assert c.of("room-info")[-1]["route"] == "sfu"
+    for p in (a, b):
+        await p.wait("media-route", route="sfu")
+    await c.close()
+    for p in (a, b):
+        await p.wait("media-route", route="p2p", timeout=10.0)
+    await asyncio.sleep(1.5)
+    for p in (a, b):
+        assert [m["route"] for m in p.of("media-route")] == ["sfu", "p2p"], p.of("media-route")
+        assert p.of("error") == []

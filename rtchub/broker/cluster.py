@@ -443,6 +443,7 @@ class Cluster(HubObserver):
         if m is not None and m.session.id == sid and m.session.node is not self.node:
             del room.members[uid]
             self._unlink_stub(m.session, room_id)
+            self.hub.membership_changed(room)
             self._gc_room(room_id)
 
     def _op_move(self, op: list[Any]) -> None:
@@ -483,6 +484,7 @@ class Cluster(HubObserver):
         stub = self._stub(sid, node, uid)
         stub.rooms[room.id] = None
         room.members[uid] = Member(uid, name or uid, stub)
+        self.hub.membership_changed(room)
 
     def _unlink_stub(self, stub: Session, room_id: str) -> None:
         stub.rooms.pop(room_id, None)

@@ -536,16 +536,32 @@ class Hub:
         instead of a silent call when the room moves to the SFU.
         """
         self._rerouting.discard(room.id)
-        self._broadcast(room, Outgoing({"type": "media-route", "roomId": room.id, "route": route}),
-                        exclude=None)
+        out = Outgoing({"type": "media-route", "roomId": room.id, "route": route})
+        for mb in room.members.values():
+            # Each node tells its own members (in a cluster every node decides from
+            # the same membership; rtchub.broker.cluster calls membership_changed).
+            if mb.session.node == self.node_id:
+                self.send(mb.session, out)
         if route != SFU:
             return
         for mb in room.members.values():
-            if mb.media != "auto":
+            # Only members of this node: a cluster's stubs do not know their client's join.
+            if mb.media != "auto" and mb.session.node == self.node_id:
                 self.error(mb.session, ProtocolError(
                     ErrorCode.WRONG_MEDIA_MODE,
                     f"room {room.id!r} moved to the SFU; this client does not follow media-route "
                     "(join with media 'auto')"))
+
+    def membership_changed(self, room: Room) -> None:
+        """Members of ``room`` came or went elsewhere (a cluster's remote members):
+        an ``auto`` room may move."""
+        if room.auto is None or not room.members:
+            return
+        moved = room.reroute(len(room.members), self.clock())
+        if moved is not None:
+            self._route_moved(room, moved)
+        elif room.auto.deadline() is not None:
+            self._rerouting.add(room.id)
 
     def _reroute_due(self) -> None:
         now = self.clock()
