@@ -61,6 +61,7 @@ export class AutoCall extends Emitter {
     this.route = null;
     this.members = new Map();   // userId -> displayName
     this.shown = new Map();     // userId -> {path, stream}
+    this._latest = new Map();   // userId -> {path, stream}: the newest stream a path offered
     this.speaker = null;
     this.switches = [];         // [{route, from, started, done}]
     this.views = new Map();     // userId -> {width, visible, observers}
@@ -97,6 +98,7 @@ export class AutoCall extends Emitter {
     on('user-left', (m) => {
       this.members.delete(m.userId);
       this.shown.delete(m.userId);
+      this._latest.delete(m.userId);
       this._unobserve(m.userId);
       this.emit('peer-left', { userId: m.userId, reason: m.reason });
       this._maybeTeardown();
@@ -202,6 +204,13 @@ export class AutoCall extends Emitter {
     const last = this.switches[this.switches.length - 1];
     if (!last || last.done !== null) return;
     last.done = performance.now();
+    // Members whose new stream never got video (camera off): hand it over now.
+    for (const [userId, latest] of this._latest) {
+      const shown = this.shown.get(userId);
+      if (latest.path !== this.route || !this.members.has(userId) || (shown && shown.path === this.route)) continue;
+      this.shown.set(userId, latest);
+      this.emit('remote-stream', { userId, displayName: this.members.get(userId), stream: latest.stream, path: latest.path });
+    }
     // The old path goes only now: every tile plays the new one.
     if (this.route === 'sfu') this.mesh.deactivate();
     else this.sfu.deactivate();
@@ -217,13 +226,19 @@ export class AutoCall extends Emitter {
     this._verify(path, e.userId, e.stream);
   }
 
-  /** Hand a stream to the app once it has decoded a video frame (audio-only: at once). */
+  /** Hand a stream to the app once it has decoded a video frame (audio-only: at once,
+   * unless the tile still plays video from the old path: then the new path's
+   * video, which follows in a moment, takes over, or the teardown hands it over). */
   async _verify(path, userId, stream) {
     const key = `${path}|${userId}`;
     const token = {};
     this._verifying = this._verifying || new Map();
     this._verifying.set(key, token);
+    this._latest.set(userId, { path, stream });
     const video = stream.getVideoTracks()[0];
+    const old = this.shown.get(userId);
+    if (!video && old && old.path !== path
+        && old.stream.getVideoTracks().some((t) => t.readyState === 'live')) return;
     const deadline = performance.now() + SWITCH_TIMEOUT_MS;
     while (video && !this.ended && this.route === path && this._verifying.get(key) === token
            && performance.now() < deadline) {
