@@ -520,12 +520,8 @@ class Hub:
             self._rerouting.discard(room.id)
             for obs in self.observers:
                 obs.room_closed(room)
-        elif room.auto is not None:
-            moved = room.reroute(len(room.members), self.clock())
-            if moved is not None:
-                self._route_moved(room, moved)
-            elif room.auto.deadline() is not None:
-                self._rerouting.add(room.id)
+        else:
+            self.membership_changed(room)
 
     # ------------------------------------------------------------ media route
     def _route_moved(self, room: Room, route: str) -> None:
@@ -553,8 +549,8 @@ class Hub:
                     "(join with media 'auto')"))
 
     def membership_changed(self, room: Room) -> None:
-        """Members of ``room`` came or went elsewhere (a cluster's remote members):
-        an ``auto`` room may move."""
+        """A member of ``room`` left, or (a cluster's remote members) came or went
+        elsewhere: an ``auto`` room may move now, or start its delay back to p2p."""
         if room.auto is None or not room.members:
             return
         moved = room.reroute(len(room.members), self.clock())
