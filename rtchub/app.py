@@ -11,7 +11,7 @@ import asyncio
 import logging
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -20,7 +20,7 @@ from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithLis
 
 from rtchub import api, ice
 from rtchub.auth.gate import Admission, Gatekeeper
-from rtchub.broker.cluster import attach_cluster
+from rtchub.broker.cluster import Cluster, make_cluster
 from rtchub.core.hub import Hub
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
@@ -31,6 +31,10 @@ from rtchub.transports.mux import WS_PATHS, PortMux, RequestHead, picows_protoco
 from rtchub.transports.ws import PicowsEndpoint
 from rtchub.transports.ws_aiohttp import AiohttpEndpoint
 
+if TYPE_CHECKING:
+    from rtchub.metrics import Metrics
+    from rtchub.webhooks import WebhookSender
+
 log = logging.getLogger("rtchub")
 WEB_ROOT = Path(__file__).parent / "web"
 #: Where route handlers find the server: ``request.app[APP_KEY]``.
@@ -39,6 +43,10 @@ APP_KEY: web.AppKey[RtcHub] = web.AppKey("rtchub")
 
 class RtcHub:
     """A running (or ready to run) rtchub server."""
+
+    # Attached by rtchub.api.setup while the routes are built.
+    metrics: Metrics
+    webhooks: WebhookSender
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -61,8 +69,18 @@ class RtcHub:
         self.stun = ice.stun_service(settings)
         if self.stun is not None:
             self.services.append(self.stun)
-        #: Cluster glue when --broker names a shared broker (None for memory): rtchub.broker.
-        self.cluster = attach_cluster(self)
+        #: The cluster node when --broker names a shared broker (None for memory):
+        #: rtchub.broker. A POST /send or /close forwarded from another node is
+        #: taken as the HTTP transports take their own.
+        hub = self.hub
+        self.cluster: Cluster | None = make_cluster(
+            hub, settings.broker,
+            receive_batch=lambda session, msgs: http_transports.receive_all(hub, session, msgs),
+            close_session=lambda session: http_transports.close_session(hub, session))
+        if self.cluster is not None:
+            cluster = self.cluster
+            self.services.append(cluster)
+            self.ready_checks.append(("broker", lambda: cluster.ready))
         self.port = settings.port
         self._setup_routes()
 

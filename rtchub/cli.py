@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from rtchub import __version__
@@ -22,10 +22,13 @@ from rtchub.settings import Settings, field_type, fields, from_env, parse_value
 
 log = logging.getLogger("rtchub")
 
-#: Extra subcommands: name -> (help, add_arguments(parser), run(args) -> exit code).
-#: Modules register here instead of growing this file.
-SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
-                             Callable[[argparse.Namespace], int]]] = {}
+#: Extra subcommands: name -> (help, module). The module is imported only when
+#: the command line is parsed, and provides ``add_arguments(parser)`` and
+#: ``run(args) -> exit code``; nothing registers itself at import time.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "token": ("mint a JWT for development", "rtchub.auth.tokens"),
+    "bench": ("measure rtchub against reference relays (make bench)", "rtchub.bench.cli"),
+}
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
     add_settings_arguments(serve)
-    for name, (help_text, add_args, _) in SUBCOMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text))
+    for name, module in _subcommands().items():
+        module.add_arguments(sub.add_parser(name, help=SUBCOMMANDS[name][0]))
     return parser
 
 
@@ -128,7 +131,6 @@ def _tune_gc() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_subcommands()
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         settings = settings_from_args(args)
@@ -136,19 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         _install_uvloop()
         asyncio.run(serve(settings))
         return 0
-    return SUBCOMMANDS[args.command][2](args)
+    return _subcommands()[args.command].run(args)
 
 
-def _load_subcommands() -> None:
-    """Import the modules that register subcommands (kept optional and lazy)."""
+def _subcommands() -> dict[str, Any]:
+    """The modules of :data:`SUBCOMMANDS` (one whose extra dependencies are missing is left out)."""
     import importlib
 
-    for module in ("rtchub.auth.tokens", "rtchub.bench.cli"):
+    found: dict[str, Any] = {}
+    for name, (_, module) in SUBCOMMANDS.items():
         try:
-            importlib.import_module(module)
+            found[name] = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name is None or not exc.name.startswith("rtchub"):
+            if exc.name is None or exc.name.startswith("rtchub"):
                 raise
+    return found
 
 
 def _settings_dict(settings: Settings) -> dict[str, Any]:

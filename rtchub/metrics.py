@@ -236,8 +236,8 @@ class HubCollector(Collector):
             "time from a relayed message reaching the hub to it being handed to the "
             "recipients' transports")
         yield from self._stun(app)
-        cluster = getattr(app, "cluster", None)
-        cstats = getattr(cluster, "stats", None) or {}
+        cluster = app.cluster
+        cstats = cluster.stats if cluster is not None else {}
         yield CounterMetricFamily("rtchub_broker_published", "messages published to the broker",
                                   value=m.broker_published_total + cstats.get("published", 0))
         yield CounterMetricFamily("rtchub_broker_received", "messages received from the broker",
@@ -249,7 +249,7 @@ class HubCollector(Collector):
             yield CounterMetricFamily("rtchub_broker_dropped", "broker messages dropped",
                                       value=cstats.get("dropped", 0))
             yield GaugeMetricFamily("rtchub_broker_ready", "1 while the broker link is up",
-                                    value=1 if getattr(cluster, "ready", False) else 0)
+                                    value=1 if cluster.ready else 0)
         yield m.broker_lag_seconds.family("rtchub_broker_lag_seconds",
                                           "publish-to-receive delay of broker messages")
         yield from self._webhooks(app)

@@ -292,9 +292,7 @@ def setup_webhooks(app: RtcHub) -> None:
     if sender.urls:
         app.hub.observers.append(sender)
         if app.cluster is not None:
-            app.cluster.track_first = True
-            app.cluster.room_finished.append(
-                lambda room_id: sender.emit("room_finished", roomId=room_id))
+            app.cluster.watch_rooms(lambda room_id: sender.emit("room_finished", roomId=room_id))
     app.join_hook = None
     if app.settings.join_hook_url:
         hook = JoinHook(app)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from rtchub.bench.stats import SERVERS, Metric, Target, markdown_table, targets_table, text_table
-from rtchub.cli import SUBCOMMANDS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -161,4 +160,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS["bench"] = ("measure rtchub against reference relays (make bench)", add_arguments, run)

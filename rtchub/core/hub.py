@@ -8,6 +8,13 @@ sinks and a fake clock, and one incoming message costs one synchronous call.
 
 Observers (:class:`HubObserver`) hear about joins, leaves and errors; metrics,
 webhooks, logs and the cluster broker hang off that, not off the hot path.
+
+The hub owns every change to its sessions and rooms, including the ones a
+cluster needs (section "cluster": members on other nodes, sessions handed
+to or taken from another node); rtchub.broker decides *when*, the hub does
+the change, fires the observers and sends what members must see. Outgoing
+messages go through ``self.send``: :meth:`deliver` on one node, a
+:class:`~rtchub.core.router.Router` on a cluster node.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from rtchub.core.ids import session_id
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.ratelimit import TokenBucket
 from rtchub.core.room import Member, Room
+from rtchub.core.router import Router
 from rtchub.core.session import Session, Sink
 from rtchub.protocol import messages as m
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -104,27 +112,57 @@ class Hub:
             "resume": self._resume,
         }
         self.welcome_extra: dict[str, Any] = {}
-        #: ``resume_elsewhere(session, old_id, last_seq, msg_id)``: set by the cluster
-        #: (rtchub.broker.cluster) to resume a session another node holds; it
-        #: answers asynchronously. ``None`` on a single node. The cluster also
-        #: replaces ``send`` on the instance, so the single-node hot path pays nothing.
+        #: ``resume_elsewhere(session, old_id, last_seq, msg_id)``: the router's, to
+        #: resume a session another node holds (it answers asynchronously).
+        #: ``None`` on a single node.
         self.resume_elsewhere: Callable[[Session, str, int, Any], None] | None = None
+        #: Where every outgoing message goes: ``send(session, out)``. Without a
+        #: router it is :meth:`deliver` itself, stored on the instance so the
+        #: single-node hot path costs one bound-method call, as before there
+        #: were routers. Changed only by :meth:`use_router`.
+        self.send: Callable[[Session, Outgoing], None] = self.deliver
+        self.router: Router | None = None
+        #: Sessions of other nodes that are members of our rooms ("stubs"): a
+        #: room holds one per remote member, with ``node`` set to its node. They
+        #: are born ended (the hub never ends them) and observers never see them.
+        self.remote: dict[str, Session] = {}
         #: Messages numbered by :meth:`send`, by type: plain ints, so counting costs the
         #: hot path one dict update; rtchub.metrics exports them at scrape time.
         self.sent: dict[str, int] = {}
+
+    def use_router(self, router: Router | None) -> None:
+        """Send through ``router`` from now on (``None``: back to :meth:`deliver`)."""
+        self.router = router
+        if router is None:
+            self.send = self.deliver
+            self.resume_elsewhere = None
+        else:
+            self.send = router.route
+            self.resume_elsewhere = router.resume_elsewhere
 
     # ------------------------------------------------------------------ sessions
     def open(self, sink: Sink | None, *, user_id: str | None = None,
              display_name: str | None = None, claims: dict[str, Any] | None = None) -> Session:
         """A new transport connection opened: make its session and say ``welcome``."""
-        now = self.clock()
-        session = Session(session_id(), sink, now)
-        session.node = self.node_id
+        session = self._new_session(session_id(), sink)
         if user_id is not None:
             session.user_id = user_id
             session.user_fixed = True
         session.display_name = display_name
         session.claims = claims
+        self.sessions[session.id] = session
+        if sink is not None:
+            sink.session = session
+            sink.deliver(0, Outgoing(self._welcome(session)))
+        for obs in self.observers:
+            obs.session_opened(session)
+        return session
+
+    def _new_session(self, sid: str, sink: Sink | None) -> Session:
+        """A session of this node with its rate limits (not yet in ``sessions``)."""
+        now = self.clock()
+        session = Session(sid, sink, now)
+        session.node = self.node_id
         s = self.settings
         if s.rate_limited:
             session.bucket = TokenBucket(s.max_msg_rate, s.max_msg_burst, now)
@@ -132,12 +170,6 @@ class Hub:
             session.join_bucket = TokenBucket(
                 s.max_joins_per_second, max(1.0, s.max_joins_per_second), now
             )
-        self.sessions[session.id] = session
-        if sink is not None:
-            sink.session = session
-            sink.deliver(0, Outgoing(self._welcome(session)))
-        for obs in self.observers:
-            obs.session_opened(session)
         return session
 
     def _welcome(self, session: Session) -> dict[str, Any]:
@@ -152,8 +184,8 @@ class Hub:
         msg.update(self.welcome_extra)
         return msg
 
-    def send(self, session: Session, out: Outgoing) -> None:
-        """Number ``out`` for ``session``, keep it for resume, and hand it to the sink."""
+    def deliver(self, session: Session, out: Outgoing) -> None:
+        """Number ``out`` for local ``session``, keep it for resume, and hand it to the sink."""
         # Encode first (cached on ``out``): a message that cannot be encoded
         # raises here, before any seq is taken or anything is buffered.
         body_size = len(out.json)
@@ -394,18 +426,19 @@ class Hub:
                 # The holder's transport is gone (grace period): a tutorial-style
                 # client rejoining after a reconnect takes the place over.
                 del room.members[user_id]
-                old.rooms.pop(room_id, None)
-                if not old.rooms:
-                    self.end(old, "rejoined")
+                if self.remote.get(old.id) is old:  # a member on another node
+                    self._unlink_remote(old, room_id)
+                else:
+                    old.rooms.pop(room_id, None)
+                    if not old.rooms:
+                        self.end(old, "rejoined")
                 rejoined = True
             elif len(room.members) >= self.settings.max_room_members:
                 raise ProtocolError(ErrorCode.ROOM_FULL,
                                     f"room {room_id!r} is full ({self.settings.max_room_members})",
                                     req.msg_id)
         else:
-            room = self.rooms[room_id] = Room(room_id, self.clock())
-            for obs in self.observers:
-                obs.room_created(room)
+            room = self.open_room(room_id)
         session.user_id = user_id
         session.user_fixed = True
         if req.display_name:
@@ -440,15 +473,11 @@ class Hub:
             return
         del room.members[user_id]
         if reason != "rejoined":
-            self._broadcast(room, Outgoing(
-                {"type": "user-left", "roomId": room.id, "userId": user_id, "reason": reason}),
-                exclude=None)
+            self._broadcast(room, _user_left(room.id, user_id, reason), exclude=None)
         for obs in self.observers:
             obs.member_left(room, member, reason)
         if not room.members:
-            del self.rooms[room.id]
-            for obs in self.observers:
-                obs.room_closed(room)
+            self._close_room(room)
 
     def _room_of(self, session: Session, msg: dict[str, Any], msg_id: Any) -> Room:
         room_id = msg.get("roomId")
@@ -620,3 +649,223 @@ class Hub:
             sink = session.sink
             if sink is not None:
                 sink.close(CloseCode.GOING_AWAY, "server shutting down")
+
+    # ----------------------------------------------------------------- cluster
+    # State changes a cluster node needs (rtchub.broker decides when). Remote
+    # members are stub sessions in ``self.remote``; rooms hold them like any
+    # member, so routing stays exactly as on one node.
+    def open_room(self, room_id: str) -> Room:
+        """Room ``room_id``, created (and announced to observers) if needed."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            room = self.rooms[room_id] = Room(room_id, self.clock())
+            for obs in self.observers:
+                obs.room_created(room)
+        return room
+
+    def _close_room(self, room: Room) -> None:
+        del self.rooms[room.id]
+        for obs in self.observers:
+            obs.room_closed(room)
+
+    def forget_room(self, room_id: str) -> None:
+        """Drop ``room_id`` if no member of this node is left in it (only stubs)."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        me = self.node_id
+        if any(mb.session.node is me for mb in room.members.values()):
+            return
+        for mb in room.members.values():
+            self._unlink_remote(mb.session, room_id)
+        self._close_room(room)
+
+    def remote_session(self, sid: str, node: str, user_id: str) -> Session:
+        """The stub of session ``sid`` of ``node`` (made on first use)."""
+        stub = self.remote.get(sid)
+        if stub is None:
+            stub = self.remote[sid] = Session(sid, None, self.clock())
+            stub.ended = True
+            stub.user_fixed = True
+        stub.node = node
+        stub.user_id = user_id
+        return stub
+
+    def move_remote(self, sid: str, node: str) -> None:
+        """Remote session ``sid`` now lives on ``node``."""
+        stub = self.remote.get(sid)
+        if stub is not None:
+            stub.node = node
+
+    def seat_remote(self, room_id: str, user_id: str, sid: str, node: str, name: str, *,
+                    create: bool = False) -> bool:
+        """Session ``sid`` of ``node`` holds seat ``user_id`` of ``room_id``.
+
+        No ``user-joined`` here: the joiner's own node sends it to every
+        member. A seat held by a local session is left alone (the op that
+        replaces it, if any, says so first). ``create``: make the room if this
+        node does not have it. False when nothing was seated.
+        """
+        if node == self.node_id:
+            return False
+        room = self.rooms.get(room_id)
+        if room is None:
+            if not create:
+                return False
+            room = self.open_room(room_id)
+        me = self.node_id
+        cur = room.members.get(user_id)
+        if cur is not None:
+            if cur.session.id == sid:
+                if cur.session.node is not me:
+                    cur.session.node = node
+                return True
+            if cur.session.node is me:
+                return False
+            self._unlink_remote(cur.session, room_id)
+        stub = self.remote_session(sid, node, user_id)
+        stub.rooms[room_id] = None
+        room.members[user_id] = Member(user_id, name or user_id, stub)
+        return True
+
+    def unseat_remote(self, room_id: str, user_id: str, sid: str, reason: str | None = None) -> bool:
+        """Remote session ``sid`` no longer holds seat ``user_id`` of ``room_id``.
+
+        ``reason``: tell this node's members (``user-left``), which a remote
+        member's own node cannot do when it died. The room is kept (see
+        :meth:`forget_room`).
+        """
+        room = self.rooms.get(room_id)
+        mb = room.members.get(user_id) if room is not None else None
+        if room is None or mb is None or mb.session.id != sid or mb.session.node is self.node_id:
+            return False
+        del room.members[user_id]
+        self._unlink_remote(mb.session, room_id)
+        if reason is not None:
+            left = _user_left(room_id, user_id, reason)
+            me = self.node_id
+            for other in room.members.values():
+                if other.session.node is me:
+                    self.send(other.session, left)
+        return True
+
+    def forget_remote(self, sid: str) -> None:
+        """Remote session ``sid`` is gone: its seats here are dropped without a word."""
+        stub = self.remote.pop(sid, None)
+        if stub is None:
+            return
+        for room_id in list(stub.rooms):
+            room = self.rooms.get(room_id)
+            mb = room.members.get(stub.user_id or "") if room is not None else None
+            if mb is not None and mb.session is stub:
+                del room.members[stub.user_id or ""]  # type: ignore[union-attr]
+        stub.rooms.clear()
+
+    def _unlink_remote(self, stub: Session, room_id: str) -> None:
+        stub.rooms.pop(room_id, None)
+        if not stub.rooms and self.remote.get(stub.id) is stub:
+            del self.remote[stub.id]
+
+    def give_up_seat(self, sid: str, room_id: str, user_id: str) -> bool:
+        """A join on another node took local session ``sid``'s seat (a rejoin there).
+
+        Members were told by that join (``rejoined``); the session ends if this
+        was its last room. True when the seat was ours.
+        """
+        s = self.sessions.get(sid)
+        room = self.rooms.get(room_id)
+        mb = room.members.get(user_id) if room is not None else None
+        if s is None or room is None or mb is None or mb.session is not s:
+            return False
+        del room.members[user_id]
+        s.rooms.pop(room_id, None)
+        if not s.rooms:
+            sink = s.sink
+            self.end(s, "rejoined")
+            if sink is not None:
+                sink.close(CloseCode.TAKEN_OVER, "rejoined on another connection")
+        return True
+
+    def release(self, sid: str, node: str) -> list[str] | None:
+        """Hand local session ``sid`` over to ``node`` (a resume there).
+
+        Its transport is closed with 4009, its seats become stubs of ``node``
+        (members see nothing: the session lives on), observers hear
+        ``session_ended(reason="moved")``. Returns its rooms, or None when
+        there is no such session here.
+        """
+        s = self.sessions.pop(sid, None)
+        if s is None:
+            return None
+        sink = s.sink
+        if sink is not None:
+            s.sink = None
+            if sink.session is s:
+                sink.session = None
+            sink.close(CloseCode.TAKEN_OVER, "session resumed on another node")
+        stub = self.remote_session(sid, node, s.user_id or "")
+        rooms = list(s.rooms)
+        for room_id in rooms:
+            room = self.rooms.get(room_id)
+            mb = room.members.get(s.user_id) if room is not None and s.user_id else None
+            if mb is not None and mb.session is s:
+                mb.session = stub
+                stub.rooms[room_id] = None
+        if not stub.rooms:
+            self.remote.pop(sid, None)
+        s.rooms.clear()
+        s.ended = True
+        for obs in self.observers:
+            obs.session_ended(s, "moved")
+        return rooms
+
+    def adopt(self, sid: str, *, user_id: str | None, user_fixed: bool,
+              display_name: str | None, claims: dict[str, Any] | None, seq: int,
+              buffer: list[tuple[int, bytes]]) -> Session:
+        """Session ``sid`` taken over from another node, detached until a transport attaches.
+
+        ``buffer``: the mirrored messages, oldest first (bounded here as
+        :meth:`deliver` bounds them); ids the client saw acknowledged are
+        remembered so that its resends are not redelivered. Seats follow with
+        :meth:`seat_adopted`, then :meth:`open_adopted` makes it a session of
+        this hub.
+        """
+        s = self._new_session(sid, None)
+        s.user_id = user_id
+        s.user_fixed = user_fixed
+        s.display_name = display_name
+        s.claims = claims
+        for n, body in buffer:
+            s.buffer.append((n, body))
+            s.buffer_bytes += len(body)
+            if body.startswith(b'{"type":"ack"'):
+                msg = Outgoing.from_json(body).msg
+                if "id" in msg and not msg.get("duplicate"):
+                    s.remember_id(msg["id"])
+        self._trim(s)
+        s.seq = seq
+        s.detached_at = s.created_at
+        s.detach_reason = "disconnected"
+        return s
+
+    def seat_adopted(self, s: Session, room_id: str) -> bool:
+        """Adopted session ``s`` keeps its seat in ``room_id`` (members see nothing)."""
+        uid = s.user_id
+        assert uid is not None
+        room = self.open_room(room_id)
+        cur = room.members.get(uid)
+        if cur is not None and cur.session.node is self.node_id:
+            return False
+        room.members[uid] = Member(uid, s.display_name or uid, s)
+        s.rooms[room_id] = None
+        return True
+
+    def open_adopted(self, s: Session) -> None:
+        self.remote.pop(s.id, None)
+        self.sessions[s.id] = s
+        for obs in self.observers:
+            obs.session_opened(s)
+
+
+def _user_left(room_id: str, user_id: str, reason: str) -> Outgoing:
+    return Outgoing({"type": "user-left", "roomId": room_id, "userId": user_id, "reason": reason})
