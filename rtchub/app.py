@@ -180,7 +180,9 @@ class RtcHub:
         ctx.load_cert_chain(s.certfile, s.keyfile or None)
         return ctx
 
-    async def start(self) -> None:
+    async def start(self, *, reuse_port: bool = False) -> None:
+        """Listen and start every service (``reuse_port``: a worker of ``--workers``,
+        sharing its port with the others through SO_REUSEPORT)."""
         s = self.settings
         logging.getLogger("picows").setLevel(logging.WARNING)
         self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False)
@@ -192,7 +194,8 @@ class RtcHub:
         self._server = await loop.create_server(
             lambda: PortMux(self._route, ws_factory, http_factory,
                             admit=self.gatekeeper.limits.admit_connection, loop=loop),
-            host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True, backlog=4096)
+            host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True,
+            reuse_port=reuse_port or None, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]
         self.liveness.start()
         self._ticker.start()

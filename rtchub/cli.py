@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -75,18 +76,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings, stop: asyncio.Event | None = None, *,
+                reuse_port: bool = False) -> None:
+    """Run one server until SIGTERM/SIGINT (``reuse_port``: one of ``--workers``)."""
     from rtchub.app import create_app
 
     app = create_app(settings)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(ValueError):  # SIGINT ignored in a worker: keep it so
+            loop.add_signal_handler(sig, stop.set)
     if settings.auth == "none" and not _is_loopback(settings.host):
         log.warning("auth is 'none' and the server listens on %s: anyone who can reach it may "
                     "join any room. Use --auth jwt for anything but development.", settings.host)
-    await app.start()
+    await app.start(reuse_port=reuse_port)
     _tune_gc()
     print(f"rtchub {__version__} serving on {app.url} (WebSocket {app.ws_url})", flush=True)
     await stop.wait()
@@ -135,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         settings = settings_from_args(args)
         setup_logging(settings.log_level, settings.log_format)
+        if settings.workers > 1:
+            from rtchub import workers
+
+            return workers.run(settings)
         _install_uvloop()
         asyncio.run(serve(settings))
         return 0

@@ -5,6 +5,8 @@ a timer calls :meth:`Hub.tick`. The hub answers by calling ``deliver`` and
 ``close`` on the :class:`~rtchub.core.session.Sink` of the sessions concerned.
 Because nothing here awaits, the whole protocol can be unit-tested with fake
 sinks and a fake clock, and one incoming message costs one synchronous call.
+(Over 500 lines on purpose: every routing decision of one node, read top to
+bottom; the state changes only a cluster needs are in rtchub.core.remote.)
 
 Observers (:class:`HubObserver`) hear about joins, leaves and errors; metrics,
 webhooks, logs and the cluster broker hang off that, not off the hot path.
@@ -30,6 +32,7 @@ from rtchub import SERVER_NAME, __version__
 from rtchub.core.ids import session_id
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.ratelimit import TokenBucket
+from rtchub.core.remote import ClusterState, user_left
 from rtchub.core.room import Member, Room
 from rtchub.core.router import Router
 from rtchub.core.session import Session, Sink
@@ -81,7 +84,7 @@ class JoinRequest:
         self.msg_id = msg_id
 
 
-class Hub:
+class Hub(ClusterState):
     def __init__(
         self,
         settings: Settings | None = None,
@@ -473,7 +476,7 @@ class Hub:
             return
         del room.members[user_id]
         if reason != "rejoined":
-            self._broadcast(room, _user_left(room.id, user_id, reason), exclude=None)
+            self._broadcast(room, user_left(room.id, user_id, reason), exclude=None)
         for obs in self.observers:
             obs.member_left(room, member, reason)
         if not room.members:
@@ -650,10 +653,6 @@ class Hub:
             if sink is not None:
                 sink.close(CloseCode.GOING_AWAY, "server shutting down")
 
-    # ----------------------------------------------------------------- cluster
-    # State changes a cluster node needs (rtchub.broker decides when). Remote
-    # members are stub sessions in ``self.remote``; rooms hold them like any
-    # member, so routing stays exactly as on one node.
     def open_room(self, room_id: str) -> Room:
         """Room ``room_id``, created (and announced to observers) if needed."""
         room = self.rooms.get(room_id)
@@ -668,204 +667,3 @@ class Hub:
         for obs in self.observers:
             obs.room_closed(room)
 
-    def forget_room(self, room_id: str) -> None:
-        """Drop ``room_id`` if no member of this node is left in it (only stubs)."""
-        room = self.rooms.get(room_id)
-        if room is None:
-            return
-        me = self.node_id
-        if any(mb.session.node is me for mb in room.members.values()):
-            return
-        for mb in room.members.values():
-            self._unlink_remote(mb.session, room_id)
-        self._close_room(room)
-
-    def remote_session(self, sid: str, node: str, user_id: str) -> Session:
-        """The stub of session ``sid`` of ``node`` (made on first use)."""
-        stub = self.remote.get(sid)
-        if stub is None:
-            stub = self.remote[sid] = Session(sid, None, self.clock())
-            stub.ended = True
-            stub.user_fixed = True
-        stub.node = node
-        stub.user_id = user_id
-        return stub
-
-    def move_remote(self, sid: str, node: str) -> None:
-        """Remote session ``sid`` now lives on ``node``."""
-        stub = self.remote.get(sid)
-        if stub is not None:
-            stub.node = node
-
-    def seat_remote(self, room_id: str, user_id: str, sid: str, node: str, name: str, *,
-                    create: bool = False) -> bool:
-        """Session ``sid`` of ``node`` holds seat ``user_id`` of ``room_id``.
-
-        No ``user-joined`` here: the joiner's own node sends it to every
-        member. A seat held by a local session is left alone (the op that
-        replaces it, if any, says so first). ``create``: make the room if this
-        node does not have it. False when nothing was seated.
-        """
-        if node == self.node_id:
-            return False
-        room = self.rooms.get(room_id)
-        if room is None:
-            if not create:
-                return False
-            room = self.open_room(room_id)
-        me = self.node_id
-        cur = room.members.get(user_id)
-        if cur is not None:
-            if cur.session.id == sid:
-                if cur.session.node is not me:
-                    cur.session.node = node
-                return True
-            if cur.session.node is me:
-                return False
-            self._unlink_remote(cur.session, room_id)
-        stub = self.remote_session(sid, node, user_id)
-        stub.rooms[room_id] = None
-        room.members[user_id] = Member(user_id, name or user_id, stub)
-        return True
-
-    def unseat_remote(self, room_id: str, user_id: str, sid: str, reason: str | None = None) -> bool:
-        """Remote session ``sid`` no longer holds seat ``user_id`` of ``room_id``.
-
-        ``reason``: tell this node's members (``user-left``), which a remote
-        member's own node cannot do when it died. The room is kept (see
-        :meth:`forget_room`).
-        """
-        room = self.rooms.get(room_id)
-        mb = room.members.get(user_id) if room is not None else None
-        if room is None or mb is None or mb.session.id != sid or mb.session.node is self.node_id:
-            return False
-        del room.members[user_id]
-        self._unlink_remote(mb.session, room_id)
-        if reason is not None:
-            left = _user_left(room_id, user_id, reason)
-            me = self.node_id
-            for other in room.members.values():
-                if other.session.node is me:
-                    self.send(other.session, left)
-        return True
-
-    def forget_remote(self, sid: str) -> None:
-        """Remote session ``sid`` is gone: its seats here are dropped without a word."""
-        stub = self.remote.pop(sid, None)
-        if stub is None:
-            return
-        for room_id in list(stub.rooms):
-            room = self.rooms.get(room_id)
-            mb = room.members.get(stub.user_id or "") if room is not None else None
-            if mb is not None and mb.session is stub:
-                del room.members[stub.user_id or ""]  # type: ignore[union-attr]
-        stub.rooms.clear()
-
-    def _unlink_remote(self, stub: Session, room_id: str) -> None:
-        stub.rooms.pop(room_id, None)
-        if not stub.rooms and self.remote.get(stub.id) is stub:
-            del self.remote[stub.id]
-
-    def give_up_seat(self, sid: str, room_id: str, user_id: str) -> bool:
-        """A join on another node took local session ``sid``'s seat (a rejoin there).
-
-        Members were told by that join (``rejoined``); the session ends if this
-        was its last room. True when the seat was ours.
-        """
-        s = self.sessions.get(sid)
-        room = self.rooms.get(room_id)
-        mb = room.members.get(user_id) if room is not None else None
-        if s is None or room is None or mb is None or mb.session is not s:
-            return False
-        del room.members[user_id]
-        s.rooms.pop(room_id, None)
-        if not s.rooms:
-            sink = s.sink
-            self.end(s, "rejoined")
-            if sink is not None:
-                sink.close(CloseCode.TAKEN_OVER, "rejoined on another connection")
-        return True
-
-    def release(self, sid: str, node: str) -> list[str] | None:
-        """Hand local session ``sid`` over to ``node`` (a resume there).
-
-        Its transport is closed with 4009, its seats become stubs of ``node``
-        (members see nothing: the session lives on), observers hear
-        ``session_ended(reason="moved")``. Returns its rooms, or None when
-        there is no such session here.
-        """
-        s = self.sessions.pop(sid, None)
-        if s is None:
-            return None
-        sink = s.sink
-        if sink is not None:
-            s.sink = None
-            if sink.session is s:
-                sink.session = None
-            sink.close(CloseCode.TAKEN_OVER, "session resumed on another node")
-        stub = self.remote_session(sid, node, s.user_id or "")
-        rooms = list(s.rooms)
-        for room_id in rooms:
-            room = self.rooms.get(room_id)
-            mb = room.members.get(s.user_id) if room is not None and s.user_id else None
-            if mb is not None and mb.session is s:
-                mb.session = stub
-                stub.rooms[room_id] = None
-        if not stub.rooms:
-            self.remote.pop(sid, None)
-        s.rooms.clear()
-        s.ended = True
-        for obs in self.observers:
-            obs.session_ended(s, "moved")
-        return rooms
-
-    def adopt(self, sid: str, *, user_id: str | None, user_fixed: bool,
-              display_name: str | None, claims: dict[str, Any] | None, seq: int,
-              buffer: list[tuple[int, bytes]]) -> Session:
-        """Session ``sid`` taken over from another node, detached until a transport attaches.
-
-        ``buffer``: the mirrored messages, oldest first (bounded here as
-        :meth:`deliver` bounds them); ids the client saw acknowledged are
-        remembered so that its resends are not redelivered. Seats follow with
-        :meth:`seat_adopted`, then :meth:`open_adopted` makes it a session of
-        this hub.
-        """
-        s = self._new_session(sid, None)
-        s.user_id = user_id
-        s.user_fixed = user_fixed
-        s.display_name = display_name
-        s.claims = claims
-        for n, body in buffer:
-            s.buffer.append((n, body))
-            s.buffer_bytes += len(body)
-            if body.startswith(b'{"type":"ack"'):
-                msg = Outgoing.from_json(body).msg
-                if "id" in msg and not msg.get("duplicate"):
-                    s.remember_id(msg["id"])
-        self._trim(s)
-        s.seq = seq
-        s.detached_at = s.created_at
-        s.detach_reason = "disconnected"
-        return s
-
-    def seat_adopted(self, s: Session, room_id: str) -> bool:
-        """Adopted session ``s`` keeps its seat in ``room_id`` (members see nothing)."""
-        uid = s.user_id
-        assert uid is not None
-        room = self.open_room(room_id)
-        cur = room.members.get(uid)
-        if cur is not None and cur.session.node is self.node_id:
-            return False
-        room.members[uid] = Member(uid, s.display_name or uid, s)
-        s.rooms[room_id] = None
-        return True
-
-    def open_adopted(self, s: Session) -> None:
-        self.remote.pop(s.id, None)
-        self.sessions[s.id] = s
-        for obs in self.observers:
-            obs.session_opened(s)
-
-
-def _user_left(room_id: str, user_id: str, reason: str) -> Outgoing:
-    return Outgoing({"type": "user-left", "roomId": room_id, "userId": user_id, "reason": reason})
