@@ -11,7 +11,7 @@ import asyncio
 import logging
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -19,9 +19,11 @@ from multidict import CIMultiDict
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from rtchub import api, ice
+from rtchub.api.routes import ServerApi
 from rtchub.auth.gate import Admission, Gatekeeper
 from rtchub.broker.cluster import Cluster, make_cluster
 from rtchub.core.hub import Hub
+from rtchub.metrics import Metrics
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
@@ -30,10 +32,7 @@ from rtchub.transports.liveness import Liveness
 from rtchub.transports.mux import WS_PATHS, PortMux, RequestHead, picows_protocol_factory
 from rtchub.transports.ws import PicowsEndpoint
 from rtchub.transports.ws_aiohttp import AiohttpEndpoint
-
-if TYPE_CHECKING:
-    from rtchub.metrics import Metrics
-    from rtchub.webhooks import WebhookSender
+from rtchub.webhooks import JoinHook, WebhookSender
 
 log = logging.getLogger("rtchub")
 WEB_ROOT = Path(__file__).parent / "web"
@@ -44,9 +43,6 @@ APP_KEY: web.AppKey[RtcHub] = web.AppKey("rtchub")
 class RtcHub:
     """A running (or ready to run) rtchub server."""
 
-    # Attached by rtchub.api.setup while the routes are built.
-    metrics: Metrics
-    webhooks: WebhookSender
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -81,6 +77,11 @@ class RtcHub:
             cluster = self.cluster
             self.services.append(cluster)
             self.ready_checks.append(("broker", lambda: cluster.ready))
+        # The server API's parts, built here and hooked in by rtchub.api.setup.
+        self.metrics = Metrics(self)
+        self.webhooks = WebhookSender(self)
+        self.join_hook: JoinHook | None = JoinHook(self) if settings.join_hook_url else None
+        self.api = ServerApi(self)
         self.port = settings.port
         self._setup_routes()
 

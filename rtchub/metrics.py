@@ -137,7 +137,7 @@ class Metrics(HubObserver):
 
     def sent(self) -> dict[str, int]:
         """Messages sent to clients, by type (the hub's counts plus ``welcome``)."""
-        out = dict(getattr(self.app.hub, "sent", {}))
+        out = dict(self.app.hub.sent)
         for k, v in self.extra_sent.items():
             out[k] = out.get(k, 0) + v
         return out
@@ -257,7 +257,7 @@ class HubCollector(Collector):
     @staticmethod
     def _stun(app: RtcHub) -> Iterable[Metric]:
         stats: dict[str, int] = {}
-        servers = [getattr(app, "stun", None)] + [s for s in app.services
+        servers = [app.stun] + [s for s in app.services
                                                   if type(s).__name__ == "StunServer"]
         seen: set[int] = set()
         for server in servers:
@@ -285,7 +285,7 @@ class HubCollector(Collector):
 
     @staticmethod
     def _webhooks(app: RtcHub) -> Iterable[Metric]:
-        sender = getattr(app, "webhooks", None)
+        sender = app.webhooks
         if sender is None:
             return
         s = sender.stats
@@ -298,31 +298,9 @@ class HubCollector(Collector):
                                   value=s["dropped"])
         yield GaugeMetricFamily("rtchub_webhook_queue", "webhook events waiting to be sent",
                                 value=sender.queued())
-        hook = getattr(app, "join_hook", None)
+        hook = app.join_hook
         if hook is not None:
             yield _counter("rtchub_join_hook", "join hook decisions by outcome", "outcome", hook.stats)
-
-
-def install_relay_timer(hub: Any, hist: FastHistogram) -> None:
-    """Time ``hub.receive`` for relayed types into ``hist``.
-
-    Transports call ``hub.receive`` through the hub instance, so an instance
-    attribute wraps every transport without touching the core. The cost per
-    message is two ``perf_counter`` calls and a bisect.
-    """
-    inner = hub.receive
-    perf = time.perf_counter
-    timed = TIMED_TYPES
-    observe = hist.observe
-
-    def receive(session: Any, msg: Any) -> None:
-        t0 = perf()
-        inner(session, msg)
-        # ``type`` may be any JSON value (a list is unhashable): check it is a str.
-        if type(msg) is dict and type(mtype := msg.get("type")) is str and mtype in timed:
-            observe(perf() - t0)
-
-    hub.receive = receive
 
 
 class ConnectionLog(HubObserver):
@@ -390,13 +368,11 @@ class ConnectionLog(HubObserver):
         self._emit("room-left", session, sink=sink, room=room.id, reason=reason)
 
 
-def setup_metrics(app: RtcHub) -> Metrics:
-    """Create ``app.metrics``, hook it into the hub and serve ``GET /metrics``."""
-    metrics = Metrics(app)
-    app.metrics = metrics
+def setup_metrics(app: RtcHub, metrics: Metrics) -> None:
+    """Hook ``metrics`` (built by the app) into the hub and serve ``GET /metrics``."""
     app.hub.observers.append(metrics)
     app.hub.observers.append(ConnectionLog())
-    install_relay_timer(app.hub, metrics.relay_latency)
+    app.hub.time_receive(metrics.relay_latency.observe, TIMED_TYPES)
 
     async def metrics_handler(request: web.Request) -> web.Response:
         resp = web.Response(body=generate_latest(metrics.registry))
@@ -404,4 +380,3 @@ def setup_metrics(app: RtcHub) -> Metrics:
         return resp
 
     app.http.router.add_get("/metrics", metrics_handler)
-    return metrics
