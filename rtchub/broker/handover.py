@@ -272,8 +272,8 @@ class Handover:
             self.replays.pop(reqid, None)
 
     def on_replay(self, op: Replay) -> None:
-        for _t, did, room, minv, body in self.out.retained.get(op.sid, ()):
-            self.out.forward_to(op.to_node, [op.sid], room, minv, body, did)
+        for _t, d in self.out.retained.get(op.sid, ()):
+            self.out.forward_to(op.to_node, [op.sid], d.room, d.minv, d.body, d.did)
         self.out.emit({op.to_node}, Replayed(op.reqid))
 
     def on_replayed(self, op: Replayed) -> None:

@@ -65,7 +65,8 @@ class Outbound:
         self.epoch = secrets.token_hex(4)
         self.batch_no = 0
         self.dseq = 0
-        self.retained: dict[str, deque[tuple[float, str, str, int, bytes]]] = {}
+        #: session id -> (when, delivery op) of what was forwarded to it lately.
+        self.retained: dict[str, deque[tuple[float, Deliver]]] = {}
         self.retain_for = 2 * s.node_ttl + 2.0
         #: The delivery id of the forwarded message being delivered right now
         #: (set by the inbound path around ``hub.send``), recorded in the mirror.
@@ -113,8 +114,9 @@ class Outbound:
             room = msg.get("roomId")
             if type(room) is not str:
                 room = ""
-            minv = self.minv_of(room, msg.get("userId")) if msg.get("type") == "user-joined" else 0
-            op = Deliver(room, minv, out.json, self.next_did(), [session.id])
+            minv = self.minv_of(room, msg.get("userId")) if out.type == "user-joined" else 0
+            self.dseq += 1
+            op = Deliver(room, minv, out.json, f"{self.epoch}:{self.dseq}", [session.id])
             q.append(op)
             self._last[node] = out
             if not self.ready and len(q) > MAX_QUEUED:
@@ -123,7 +125,7 @@ class Outbound:
         kept = self.retained.get(session.id)
         if kept is None:
             kept = self.retained[session.id] = deque(maxlen=self.settings.resume_buffer_messages)
-        kept.append((time.monotonic(), op.did, op.room, op.minv, op.body))  # type: ignore[attr-defined]
+        kept.append((time.monotonic(), op))  # type: ignore[arg-type]
         if not self._kicked:
             self.kick()
 
