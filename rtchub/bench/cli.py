@@ -79,6 +79,11 @@ def evaluate(rows: list[Metric], quick: bool, skipped: dict[str, str]) -> list[T
         q = cross / single if cross and single else None
         add("cross-node over Redis", "≥ 0.5× single node", q, bool(q and q >= 0.5),
             f"{q:.2f}×" if q else "")
+        c = find(rows, "cross-node", "server CPU per msg")
+        s = find(rows, "relay", "server CPU per msg")
+        q = c / s if c and s else None
+        add("cross-node CPU per message (both nodes + Redis)", "≤ 2.5× single node", q,
+            bool(q and q <= 2.5), f"{q:.2f}× ({c:.2f} µs vs {s:.2f} µs)" if q and c and s else "")
     return out
 
 
