@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import secrets
 import signal
 import sys
@@ -46,7 +47,8 @@ def run(settings: Settings) -> int:
         return 2
     base = settings.node_id or secrets.token_hex(4)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(worker_settings(settings, i, base),),
+    parent = os.getpid()
+    procs = [ctx.Process(target=_worker, args=(worker_settings(settings, i, base), parent),
                          name=f"rtchub-worker-{i}") for i in range(settings.workers)]
 
     def forward(signum: int, frame: Any) -> None:
@@ -65,12 +67,25 @@ def run(settings: Settings) -> int:
     return max((abs(c) for c in codes), default=0)
 
 
-def _worker(settings: Settings) -> None:
+def _die_with(parent: int) -> None:
+    """SIGTERM this worker when the parent dies, even by SIGKILL (Linux prctl(2)
+    ``PR_SET_PDEATHSIG``): no worker outlives its ``rtchub serve``."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above
+        sys.exit(0)
+
+
+def _worker(settings: Settings, parent: int) -> None:
     import asyncio
 
     from rtchub.cli import _install_uvloop, serve
     from rtchub.logs import setup_logging
 
+    _die_with(parent)
     # The parent forwards SIGINT as SIGTERM; a terminal's Ctrl-C must not
     # interrupt the workers a second time mid-drain.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
