@@ -8,9 +8,9 @@ PORT ?= 8080
 # packages whose binary is missing get installed (node may come from elsewhere).
 SYSTEM_DEPS := /usr/bin/chromium=chromium /usr/bin/redis-server=redis-server \
 	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm \
-	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2
+	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2 /usr/sbin/nginx=nginx
 
-.PHONY: run test test-fast bench lint docs system-deps clean
+.PHONY: run test test-fast bench lint docs system-deps clean wheelhouse
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
+
+# rtchub's dependencies as wheels: tests/test_wheel.py installs the built
+# wheel into a fresh venv from here, inside tools/netns-run (no network there).
+$(VENV)/wheelhouse/.ready: pyproject.toml | $(BIN)/python
+	rm -rf $(VENV)/wheelhouse
+	$(BIN)/pip wheel -q -w $(VENV)/wheelhouse .
+	rm -f $(VENV)/wheelhouse/rtchub-*.whl
+	touch $@
+
+wheelhouse: $(VENV)/wheelhouse/.ready
 
 # The bench's Node load client and reference relay (the test suite smoke-tests them).
 bench/node_modules/.installed: bench/package.json bench/package-lock.json
@@ -43,7 +53,7 @@ system-deps:
 run: $(VENV)/.installed
 	$(BIN)/rtchub serve --host $(HOST) --port $(PORT)
 
-test: system-deps $(VENV)/.installed-test bench/node_modules/.installed
+test: system-deps $(VENV)/.installed-test bench/node_modules/.installed $(VENV)/wheelhouse/.ready
 	$(BIN)/ruff check rtchub tests
 	tools/netns-run $(BIN)/python -m pytest -q -rfE
 

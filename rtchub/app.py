@@ -144,7 +144,7 @@ class RtcHub:
             # does not speak. We answer without one; clients fall back to JSON.
             pass
         endpoint = PicowsEndpoint(
-            self.hub, self.liveness, SUBPROTOCOLS.get(chosen or "", JSON), peer,
+            self.hub, self.liveness, SUBPROTOCOLS.get(chosen or "", JSON), verdict.client,
             claims=verdict.claims, user_id=verdict.user_id, display_name=verdict.display_name)
         extra = CIMultiDict()
         if chosen:
@@ -154,6 +154,9 @@ class RtcHub:
     async def _aiohttp_ws(self, request: web.Request) -> web.StreamResponse:
         verdict = self.admit(request.headers, dict(request.query), request.remote or "",
                              first_message_auth=True)
+        if verdict.ok and not self.gatekeeper.hold_connection(
+                request.transport, request.remote or "", verdict.client):
+            verdict = Admission(429, "too many connections from this address")
         if not verdict.ok:
             return verdict.http_response()
         ws = web.WebSocketResponse(
@@ -162,7 +165,7 @@ class RtcHub:
         await ws.prepare(request)
         endpoint = AiohttpEndpoint(
             self.hub, self.liveness, SUBPROTOCOLS.get(ws.ws_protocol or "", JSON),
-            request.remote or "", ws, claims=verdict.claims, user_id=verdict.user_id,
+            verdict.client, ws, claims=verdict.claims, user_id=verdict.user_id,
             display_name=verdict.display_name)
         await endpoint.run()
         return ws
@@ -194,7 +197,7 @@ class RtcHub:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: PortMux(self._route, ws_factory, http_factory,
-                            admit=self.gatekeeper.limits.admit_connection, loop=loop),
+                            admit=self.gatekeeper.admit_connection, loop=loop),
             host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True,
             reuse_port=reuse_port or None, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -1,7 +1,8 @@
-"""The ``rtchub`` command: ``serve`` (and, as the project grows, ``token``, ``bench``).
+"""The ``rtchub`` command: ``serve``, ``config show`` (and ``token``, ``bench``).
 
 Flags are generated from :class:`rtchub.settings.Settings`, so a new setting
-is a CLI flag and an ``RTCHUB_<NAME>`` environment variable the day it is added.
+is a CLI flag, an ``RTCHUB_<NAME>`` environment variable and a ``--config``
+file key the day it is added (precedence: :mod:`rtchub.config`).
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import ipaddress
+import json
 import logging
 import signal
 import sys
@@ -18,8 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from rtchub import __version__
+from rtchub.config import CONFIG_ENV, ConfigError, Resolved, resolve, show_json, show_text
 from rtchub.logs import setup_logging
-from rtchub.settings import Settings, field_type, fields, from_env, parse_value
+from rtchub.settings import Settings, field_type, fields, parse_value
 
 log = logging.getLogger("rtchub")
 
@@ -33,6 +35,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help=f"TOML file of settings, keys named as these flags [env {CONFIG_ENV}]; "
+                             "flags and environment variables override it")
     for f in fields():
         kind = field_type(f)
         flag = "--" + f.name.replace("_", "-")
@@ -49,11 +54,23 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
                                 default=None, help=help_text)
 
 
+def resolve_args(args: argparse.Namespace) -> Resolved:
+    """Defaults < config file < environment < command line (:func:`rtchub.config.resolve`)."""
+    flags = {f.name: getattr(args, f.name) for f in fields()
+             if getattr(args, f.name, None) is not None}
+    return resolve(flags, config_file=getattr(args, "config", None))
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Defaults < environment < command line."""
-    overrides = {f.name: getattr(args, f.name) for f in fields()
-                 if getattr(args, f.name, None) is not None}
-    return from_env(**overrides)
+    return resolve_args(args).settings
+
+
+def with_source(message: str, resolved: Resolved) -> str:
+    """``--auth must be ...`` -> ``... (auth from file rtchub.toml)``: say where to fix it."""
+    flag, _, _ = message.partition(" ")
+    name = flag.removeprefix("--").rstrip(":").replace("-", "_")
+    source = resolved.sources.get(name) if flag.startswith("--") else None
+    return f"{message} ({flag.removeprefix('--').rstrip(':')} from {source})" if source else message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
     add_settings_arguments(serve)
+    config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser(
+        "show", help="print every setting's effective value and where it came from (secrets masked)")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_settings_arguments(show)
     for name, module in _subcommands().items():
         module.add_arguments(sub.add_parser(name, help=SUBCOMMANDS[name][0]))
     return parser
@@ -81,7 +104,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None, *,
     """Run one server until SIGTERM/SIGINT (``reuse_port``: one of ``--workers``)."""
     from rtchub.app import create_app
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # a setting the server cannot use (--auth foo, a bad network...)
+        raise ConfigError(str(exc)) from exc
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -135,16 +161,27 @@ def _tune_gc() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        settings = settings_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("serve", "config"):
+        try:
+            resolved = resolve_args(args)
+        except ConfigError as exc:
+            parser.exit(2, f"rtchub: configuration error: {exc}\n")
+        if args.command == "config":
+            print(json.dumps(show_json(resolved), indent=2) if args.json else show_text(resolved))
+            return 0
+        settings = resolved.settings
         setup_logging(settings.log_level, settings.log_format)
         if settings.workers > 1:
             from rtchub import workers
 
             return workers.run(settings)
         _install_uvloop()
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except ConfigError as exc:
+            parser.exit(2, f"rtchub: configuration error: {with_source(str(exc), resolved)}\n")
         return 0
     return _subcommands()[args.command].run(args)
 
@@ -161,10 +198,6 @@ def _subcommands() -> dict[str, Any]:
             if exc.name is None or exc.name.startswith("rtchub"):
                 raise
     return found
-
-
-def _settings_dict(settings: Settings) -> dict[str, Any]:
-    return dataclasses.asdict(settings)
 
 
 if __name__ == "__main__":  # pragma: no cover
