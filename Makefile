@@ -67,9 +67,11 @@ bench: system-deps $(VENV)/.installed-test bench/node_modules/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check rtchub tests
 
-# Regenerate the README's configuration table from rtchub/settings.py.
+# Regenerate the README's configuration table from rtchub/settings.py, and the
+# browser SDK's protocol names from rtchub/protocol/constants.py.
 docs: $(VENV)/.installed
 	$(BIN)/python tools/readme_table.py
+	$(BIN)/python -m rtchub.protocol.constants > rtchub/web/sdk/protocol.js
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts

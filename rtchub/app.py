@@ -27,7 +27,8 @@ from rtchub.metrics import Metrics
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
-from rtchub.transports import http_common as http_transports
+from rtchub.transports import http_common
+from rtchub.transports import http_routes as http_transports
 from rtchub.transports.liveness import Liveness
 from rtchub.transports.mux import WS_PATHS, PortMux, RequestHead, picows_protocol_factory
 from rtchub.transports.ws import PicowsEndpoint
@@ -71,8 +72,8 @@ class RtcHub:
         hub = self.hub
         self.cluster: Cluster | None = make_cluster(
             hub, settings.broker,
-            receive_batch=lambda session, msgs: http_transports.receive_all(hub, session, msgs),
-            close_session=lambda session: http_transports.close_session(hub, session))
+            receive_batch=lambda session, msgs: http_common.receive_all(hub, session, msgs),
+            close_session=lambda session: http_common.close_session(hub, session))
         if self.cluster is not None:
             cluster = self.cluster
             self.services.append(cluster)
@@ -95,7 +96,7 @@ class RtcHub:
         api.setup(self)
         for path in ("/ws", "/signaling"):
             r.add_get(path, self._aiohttp_ws)
-        # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_common).
+        # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_routes).
         http_transports.register(self)
         if (WEB_ROOT / "index.html").exists():
             r.add_get("/", self._index)

@@ -212,8 +212,9 @@ async def test_take_over_adopts_the_session_from_the_mirror_when_its_node_is_gon
         [b'1 - {"type":"ack","id":7}', b'2 x:1 {"type":"message","data":"m"}'], [])
     broker.moves[("r", "alice")] = (3, {"alice": {"s": "old", "n": "me", "d": "Alice", "c": 1, "v": 3},
                                         "bob": {"s": "sb", "n": "other", "d": "Bob", "c": 1, "v": 2}})
-    s = await cluster.take_over("old", 1)
-    assert s is not None and hub.sessions["old"] is s and s.seq == 2
+    assert await cluster.take_over("old", 1) is None  # no refusal
+    s = hub.sessions["old"]
+    assert s.seq == 2
     assert [n for n, _ in s.buffer] == [1, 2] and 7 in s.seen_ids
     room = hub.rooms["r"]
     assert room.members["alice"].session is s and room.members["bob"].session.node == "other"
@@ -224,3 +225,19 @@ async def test_take_over_adopts_the_session_from_the_mirror_when_its_node_is_gon
     sink = FakeSink()
     hub.attach(s, sink, 1)
     assert sink.types() == ["message", "resumed"]
+
+
+async def test_handover_to_a_foreign_identity_is_refused_and_moves_nothing() -> None:
+    hub, cluster, broker = await make_node()
+    hub.authenticate = lambda session, token: None  # auth on (the token check is not under test)
+    sink = FakeSink()
+    s = hub.open(sink, user_id="alice", claims={"sub": "alice"})
+    broker.runs.clear()
+    cluster._on_message(ops.encode_batch([ops.HandOver(s.id, "other", "q1", "mallory")]))  # noqa: SLF001
+    await settle()
+    [(node, [answer])] = broker.sent()
+    assert node == "other" and isinstance(answer, ops.HandedOver) and answer.code == "forbidden"
+    assert hub.sessions[s.id] is s and sink.closed is None and s.id not in hub.remote
+    # The owner's own identity gets it.
+    cluster._on_message(ops.encode_batch([ops.HandOver(s.id, "other", "q2", "alice")]))  # noqa: SLF001
+    assert s.id not in hub.sessions and sink.closed is not None

@@ -32,6 +32,7 @@ import orjson
 from rtchub.broker.base import BrokerDown, SessionState
 from rtchub.broker.ops import HandedOver, HandOver, Moved, Replay, Replayed, decode_inbox, encode_batch
 from rtchub.core.outgoing import Outgoing
+from rtchub.core.resume import Identity, ResumeVerdict
 from rtchub.core.session import Session
 from rtchub.protocol.errors import ErrorCode, ProtocolError
 
@@ -54,7 +55,7 @@ class Handover:
         self.out = cluster.out
         #: Sessions being taken over here -> deliveries that arrived meanwhile.
         self.resuming: dict[str, list[Item]] = {}
-        self.handovers: dict[str, asyncio.Future[None]] = {}
+        self.handovers: dict[str, asyncio.Future[HandedOver]] = {}
         self.moved: dict[str, tuple[str, float]] = {}   # sids handed over -> (node, when)
         self.replays: dict[str, list[Any]] = {}
         #: Restored sessions -> (when, delivery ids seen): late resends are dropped.
@@ -85,9 +86,12 @@ class Handover:
         asyncio.get_running_loop().create_task(self._resume_task(fresh, old_id, last_seq, msg_id))
 
     async def _resume_task(self, fresh: Session, old_id: str, last_seq: int, msg_id: Any) -> None:
-        restored = await self._take(old_id, last_seq)
+        restored, refusal = await self._take(old_id, last_seq, Identity.of(fresh))
         if fresh.ended or fresh.sink is None:
             return  # the client went away meanwhile; the session waits in its grace period
+        if refusal is not None:
+            self.hub.error(fresh, refusal.error(msg_id))
+            return
         if restored is None:
             self.hub.error(fresh, ProtocolError(ErrorCode.SESSION_EXPIRED,
                                                 "session is gone; join again", msg_id))
@@ -97,25 +101,32 @@ class Handover:
             msg["id"] = msg_id
         self.hub.receive(fresh, msg)  # now local: the hub's own resume replays it
 
-    async def take_over(self, sid: str, last_seq: int) -> Session | None:
+    async def take_over(self, sid: str, last_seq: int, identity: Identity | None = None
+                        ) -> ResumeVerdict | None:
         """Make session ``sid``, held by another node (or only mirrored), a session of this node.
 
         There is no fresh session to replace: the caller attaches its transport
-        with :meth:`Hub.attach`, which replays and says ``resumed``. Returns the
-        session (detached until then), or None when no node can give it.
+        with :meth:`Hub.resume` after :meth:`Hub.resume_decision`, as for a local
+        session. Returns the holder's refusal (the session is not moved), else
+        None: the session, if any node could give it, is now in ``hub.sessions``.
         """
-        s = self.hub.sessions.get(sid)
-        if s is not None:
-            return None if s.ended else s
-        if not self.out.ready or sid in self.resuming:
+        if sid in self.hub.sessions or not self.out.ready or sid in self.resuming:
             return None
         self.resuming[sid] = []
-        return await self._take(sid, last_seq)
+        return (await self._take(sid, last_seq, identity))[1]
 
-    async def _take(self, old_id: str, last_seq: int) -> Session | None:
-        """Hand-over (or restore from the mirror) of ``old_id``; ``resuming[old_id]`` is set."""
+    async def _take(self, old_id: str, last_seq: int, identity: Identity | None
+                    ) -> tuple[Session | None, ResumeVerdict | None]:
+        """Hand-over (or restore from the mirror) of ``old_id``; ``resuming[old_id]`` is set.
+
+        The node holding the session asks its hub's :meth:`Hub.resume_decision`
+        for ``identity`` first and refuses the hand-over when the identity may
+        not have it: a foreign token must not even move the session (its
+        transport would be closed with 4009). The refusal is returned.
+        """
         broker = self.c.broker
         restored: Session | None = None
+        refusal: ResumeVerdict | None = None
         inbox: list[Item] = []
         mirrored: set[str] = set()
         try:
@@ -124,14 +135,18 @@ class Handover:
                 handed = False
                 reqid = secrets.token_hex(6)
                 fut = self.handovers[reqid] = asyncio.get_running_loop().create_future()
+                uid = identity.user_id if identity is not None else ""
                 try:
-                    if await broker.request(owner, encode_batch([HandOver(old_id, self.node, reqid)])):
+                    if await broker.request(
+                            owner, encode_batch([HandOver(old_id, self.node, reqid, uid)])):
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(fut, HANDOVER_TIMEOUT)
+                            answer = await asyncio.wait_for(fut, HANDOVER_TIMEOUT)
                             handed = True
+                            if answer.code:
+                                refusal = ResumeVerdict(None, last_seq, answer.code, answer.message)
                 finally:
                     self.handovers.pop(reqid, None)
-                state = await broker.take(old_id)
+                state = await broker.take(old_id) if refusal is None else None
                 if state is not None:
                     restored, mirrored, nodes = await self._restore(old_id, state, last_seq)
                     for raw in state.inbox:
@@ -149,7 +164,7 @@ class Handover:
             queued = self.resuming.pop(old_id, [])
         if restored is not None:
             self._activate(restored, inbox + queued, mirrored)
-        return restored
+        return restored, refusal
 
     async def _restore(self, sid: str, state: SessionState, last_seq: int
                        ) -> tuple[Session, set[str], set[str]]:
@@ -237,7 +252,15 @@ class Handover:
 
     # ------------------------------------------------------ the old owner
     def on_handover(self, op: HandOver) -> None:
-        """Another node resumes our session ``sid``: let go of it, keep nothing."""
+        """Another node resumes our session ``sid``: let go of it, keep nothing -
+        unless the identity the resume proved may not have it (then nothing moves)."""
+        s = self.hub.sessions.get(op.sid)
+        if s is not None:
+            verdict = self.hub.resume_decision(op.sid, s.seq,
+                                               Identity(op.uid, {}) if op.uid else None)
+            if verdict.code in (ErrorCode.FORBIDDEN, ErrorCode.UNAUTHORIZED):
+                self.out.emit({op.to_node}, HandedOver(op.reqid, verdict.code, verdict.message))
+                return
         rooms = self.hub.release(op.sid, op.to_node)
         if rooms is not None:
             for room_id in rooms:
@@ -251,7 +274,7 @@ class Handover:
     def on_handed(self, op: HandedOver) -> None:
         fut = self.handovers.get(op.reqid)
         if fut is not None and not fut.done():
-            fut.set_result(None)
+            fut.set_result(op)
 
     # -------------------------------------------------------------- replay
     async def _ask_replay(self, sid: str, nodes: set[str]) -> None:

@@ -111,12 +111,19 @@ class HandOver(Op):
     sid: str
     to_node: str
     reqid: str
+    #: What the resuming request proved (the token's ``sub``; "" for none): the
+    #: holder asks its hub whether that identity may have the session first.
+    uid: str = ""
 
 
 @dataclass(slots=True)
 class HandedOver(Op):
+    """The answer to :class:`HandOver`: let go (``code`` ""), or refused (an error code)."""
+
     TAG: ClassVar[str] = "H"
     reqid: str
+    code: str = ""
+    message: str = ""
 
 
 @dataclass(slots=True)
@@ -144,6 +151,8 @@ class Receive(Op):
     from_node: str
     reqid: str
     body: bytes
+    #: What the request's token proved ("" for none), checked by the holder.
+    uid: str = ""
 
 
 @dataclass(slots=True)
@@ -154,6 +163,7 @@ class Close(Op):
     sid: str
     from_node: str
     reqid: str
+    uid: str = ""
 
 
 @dataclass(slots=True)
@@ -170,7 +180,8 @@ class Kick(Op):
 
 @dataclass(slots=True)
 class Answer(Op):
-    """The numeric answer to a :class:`Receive`, :class:`Close` or :class:`Kick` (-1: not here)."""
+    """The numeric answer to a :class:`Receive`, :class:`Close` or :class:`Kick`
+    (-1: not here; -2: the requester's identity may not act for the session)."""
 
     TAG: ClassVar[str] = "a"
     reqid: str

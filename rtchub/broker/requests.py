@@ -24,6 +24,7 @@ from rtchub.broker.base import BrokerDown
 from rtchub.broker.handover import HANDOVER_TIMEOUT
 from rtchub.broker.ops import Answer, Close, Kick, Op, Receive, encode_batch
 from rtchub.core.outgoing import Outgoing
+from rtchub.core.resume import Identity
 from rtchub.core.session import Session
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 ReceiveBatch = Callable[[Session, list[Any]], int]
 #: How a ``POST /close`` forwarded from another node ends a session.
 CloseSession = Callable[[Session], None]
+#: Answer to a forwarded request whose proven identity may not act for the session.
+FORBIDDEN = -2
 
 
 class Requests:
@@ -49,22 +52,27 @@ class Requests:
         self.waiting: dict[str, asyncio.Future[int]] = {}
 
     # -------------------------------------------------------------- asking
-    async def forward_receive(self, sid: str, msgs: list[Any]) -> int | None:
+    async def forward_receive(self, sid: str, msgs: list[Any], user_id: str | None = None
+                              ) -> int | None:
         """``POST /send`` for a session another node holds: that node receives ``msgs``.
 
-        None when no live node holds ``sid`` (the caller says ``session-expired``).
+        None when no live node holds ``sid`` (the caller says ``session-expired``);
+        :data:`FORBIDDEN` when ``user_id`` (what the request's token proved, with
+        auth on) may not act for the session (:meth:`Hub.identity_refusal`).
         """
         accepted = await self._ask_owner(sid, lambda reqid: Receive(
-            sid, self.node, reqid, orjson.dumps(msgs)))
-        return accepted if accepted is not None and accepted >= 0 else None
+            sid, self.node, reqid, orjson.dumps(msgs), user_id or ""))
+        return accepted if accepted is not None and accepted != -1 else None
 
-    async def forward_close(self, sid: str) -> bool:
+    async def forward_close(self, sid: str, user_id: str | None = None) -> int | None:
         """``POST /close`` for a session another node holds: that node ends it.
 
-        False when no live node holds ``sid`` (the caller says ``session-expired``).
+        1 when closed; None when no live node holds ``sid`` (the caller says
+        ``session-expired``); :data:`FORBIDDEN` as for :meth:`forward_receive`.
         """
-        closed = await self._ask_owner(sid, lambda reqid: Close(sid, self.node, reqid))
-        return closed is not None and closed > 0
+        closed = await self._ask_owner(sid, lambda reqid: Close(sid, self.node, reqid,
+                                                                user_id or ""))
+        return closed if closed is not None and closed not in (-1, 0) else None
 
     async def _ask_owner(self, sid: str, make: Callable[[str], Op]) -> int | None:
         """``make(reqid)`` to the node holding ``sid``; its answer, or None when no live
@@ -116,15 +124,24 @@ class Requests:
             self.out.emit({op.from_node}, Answer(op.reqid, -1))
         return None
 
+    def _refused(self, s: Session, op: Receive | Close) -> bool:
+        """The requester's proven identity may not act for ``s``: answer
+        :data:`FORBIDDEN` (the hub's one identity rule decides)."""
+        identity = Identity(op.uid, {}) if op.uid else None
+        if self.hub.identity_refusal(s, identity) is None:
+            return False
+        self.out.emit({op.from_node}, Answer(op.reqid, FORBIDDEN))
+        return True
+
     def on_close(self, op: Close) -> None:
         s = self._owned(op)
-        if s is not None:
+        if s is not None and not self._refused(s, op):
             self.close_session(s)
             self.out.emit({op.from_node}, Answer(op.reqid, 1))
 
     def on_receive(self, op: Receive) -> None:
         s = self._owned(op)
-        if s is None:
+        if s is None or self._refused(s, op):
             return
         accepted = self.receive_batch(s, orjson.loads(op.body))
         # Queued after what those messages sent to ``from_node``'s sessions.

@@ -57,7 +57,7 @@ class ClusterState:
         stub = self.remote.get(sid)
         if stub is None:
             stub = self.remote[sid] = Session(sid, None, self.clock())
-            stub.ended = True
+            stub.end()  # a placeholder: never resumed or fed here
             stub.user_fixed = True
         stub.node = node
         stub.user_id = user_id
@@ -169,9 +169,8 @@ class ClusterState:
         s = self.sessions.pop(sid, None)
         if s is None:
             return None
-        sink = s.sink
+        sink = s.end()
         if sink is not None:
-            s.sink = None
             if sink.session is s:
                 sink.session = None
             sink.close(CloseCode.TAKEN_OVER, "session resumed on another node")
@@ -186,7 +185,6 @@ class ClusterState:
         if not stub.rooms:
             self.remote.pop(sid, None)
         s.rooms.clear()
-        s.ended = True
         for obs in self.observers:
             obs.session_ended(s, "moved")
         return rooms
