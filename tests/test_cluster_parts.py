@@ -229,7 +229,7 @@ async def test_take_over_adopts_the_session_from_the_mirror_when_its_node_is_gon
 
 async def test_handover_to_a_foreign_identity_is_refused_and_moves_nothing() -> None:
     hub, cluster, broker = await make_node()
-    hub.authenticate = lambda session, token: None  # auth on (the token check is not under test)
+    hub.use_authenticator(lambda session, token: None)  # auth on (the token is not under test)
     sink = FakeSink()
     s = hub.open(sink, user_id="alice", claims={"sub": "alice"})
     broker.runs.clear()

@@ -134,6 +134,21 @@ class Hub(ClusterState):
         #: hot path one dict update; rtchub.metrics exports them at scrape time.
         self.sent: dict[str, int] = {}
 
+    def use_authenticator(self, authenticate: Callable[[Session, str], None] | None) -> None:
+        """Turn auth on: ``authenticate(session, token)`` checks the ``auth`` message's
+        token and calls :meth:`set_identity` (rtchub.auth.gate), or raises ProtocolError."""
+        self.authenticate = authenticate
+
+    def set_identity(self, session: Session, user_id: str, claims: dict[str, Any],
+                     display_name: str | None = None) -> None:
+        """A verified token proved ``user_id`` for ``session``: fixed from now on, with
+        the token's claims (expiry, rooms); ``display_name`` if the session has none."""
+        session.user_id = user_id
+        session.user_fixed = True
+        if display_name and session.display_name is None:
+            session.display_name = display_name
+        session.claims = claims
+
     def use_router(self, router: Router | None) -> None:
         """Send through ``router`` from now on (``None``: back to :meth:`deliver`)."""
         self.router = router
