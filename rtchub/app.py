@@ -72,7 +72,7 @@ class RtcHub:
         hub = self.hub
         self.cluster: Cluster | None = make_cluster(
             hub, settings.broker,
-            receive_batch=lambda session, msgs: http_common.receive_all(hub, session, msgs),
+            receive_batch=hub.receive_all,
             close_session=lambda session: http_common.close_session(hub, session))
         if self.cluster is not None:
             cluster = self.cluster

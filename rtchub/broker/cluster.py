@@ -69,18 +69,6 @@ class ClusterRouter:
         self.resume_elsewhere = resume_elsewhere
 
 
-def _receive_each(hub: Hub) -> ReceiveBatch:
-    def receive(session: Session, msgs: list[Any]) -> int:
-        accepted = 0
-        for msg in msgs:
-            if session.ended:
-                break
-            hub.receive(session, msg)
-            accepted += 1
-        return accepted
-    return receive
-
-
 class Cluster(HubObserver):
     """Makes ``hub`` one node of a cluster sharing ``broker``. A service of the app.
 
@@ -104,7 +92,7 @@ class Cluster(HubObserver):
         self.out = Outbound(hub, broker, self.stats, lambda room, uid: self.directory.minv_of(room, uid))
         self.directory = Directory(self)
         self.handover = Handover(self)
-        self.requests = Requests(self, receive_batch or _receive_each(hub),
+        self.requests = Requests(self, receive_batch or hub.receive_all,
                                  close_session or (lambda sess: hub.detach(sess, clean=True)))
         self.router = ClusterRouter(self.out.route, self.handover.resume_elsewhere)
         self.out.on_down = self.down

@@ -358,6 +358,17 @@ class Hub(ClusterState):
                 ErrorCode.INVALID_MESSAGE,
                 "message cannot be relayed: nested too deeply or not JSON-representable", msg_id))
 
+    def receive_all(self, session: Session, msgs: list[Any]) -> int:
+        """:meth:`receive` each of ``msgs`` in order until the session ends (a ``POST
+        /send`` body, here or forwarded from another node); how many were taken."""
+        accepted = 0
+        for msg in msgs:
+            if session.ended:
+                break
+            self.receive(session, msg)
+            accepted += 1
+        return accepted
+
     def _accepted(self, session: Session, msg_id: Any) -> None:
         if msg_id is not None:
             session.remember_id(msg_id)
