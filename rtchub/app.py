@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from rtchub import api, ice
+from rtchub import api, ice, peerjs, sfu
 from rtchub.api.routes import ServerApi
 from rtchub.auth.gate import Admission, Gatekeeper
 from rtchub.broker.cluster import Cluster, make_cluster
@@ -78,6 +78,8 @@ class RtcHub:
             cluster = self.cluster
             self.services.append(cluster)
             self.ready_checks.append(("broker", lambda: cluster.ready))
+        #: The SFU (rtchub.sfu): media modes, publish/subscribe through Janus.
+        self.sfu = sfu.setup(self)
         # The server API's parts, built here and hooked in by rtchub.api.setup.
         self.metrics = Metrics(self)
         self.webhooks = WebhookSender(self)
@@ -98,6 +100,8 @@ class RtcHub:
             r.add_get(path, self._aiohttp_ws)
         # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_routes).
         http_transports.register(self)
+        # The PeerJS server API under --peerjs-path (rtchub.peerjs).
+        peerjs.setup(self)
         if (WEB_ROOT / "index.html").exists():
             r.add_get("/", self._index)
         if WEB_ROOT.exists():
@@ -185,29 +189,39 @@ class RtcHub:
         ctx.load_cert_chain(s.certfile, s.keyfile or None)
         return ctx
 
-    async def start(self, *, reuse_port: bool = False) -> None:
-        """Listen and start every service (``reuse_port``: a worker of ``--workers``,
-        sharing its port with the others through SO_REUSEPORT)."""
+    async def start(self, *, listen: bool = True, reuse_port: bool = False) -> None:
+        """Start the services and listen on ``host:port``; ``listen=False`` starts
+        everything but the socket (rtchub.asgi serves through the host app's server);
+        ``reuse_port``: a worker of ``--workers``, sharing its port with the others
+        through SO_REUSEPORT."""
         s = self.settings
         logging.getLogger("picows").setLevel(logging.WARNING)
         self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False)
         await self._runner.setup()
         http_factory = self._runner.server
         assert http_factory is not None
-        ws_factory = picows_protocol_factory(self._picows_listener, max_frame_size=s.max_message_size)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: PortMux(self._route, ws_factory, http_factory,
-                            admit=self.gatekeeper.admit_connection, loop=loop),
-            host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True,
-            reuse_port=reuse_port or None, backlog=4096)
-        self.port = self._server.sockets[0].getsockname()[1]
+        if listen:
+            ws_factory = picows_protocol_factory(self._picows_listener, max_frame_size=s.max_message_size)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: PortMux(self._route, ws_factory, http_factory,
+                                admit=self.gatekeeper.admit_connection, loop=loop),
+                host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True,
+                reuse_port=reuse_port or None, backlog=4096)
+            self.port = self._server.sockets[0].getsockname()[1]
         self.liveness.start()
         self._ticker.start()
         for service in self.services:
             await service.start()
-        log.info("rtchub listening on %s://%s:%d (node %s)",
-                 "https" if s.certfile else "http", s.host, self.port, self.hub.node_id)
+        if listen:
+            log.info("rtchub listening on %s://%s:%d (node %s)",
+                     "https" if s.certfile else "http", s.host, self.port, self.hub.node_id)
+
+    @property
+    def http_protocol_factory(self) -> Any:
+        """aiohttp's protocol factory for the HTTP routes (set by :meth:`start`)."""
+        assert self._runner is not None and self._runner.server is not None, "start() first"
+        return self._runner.server
 
     async def stop(self) -> None:
         """Graceful shutdown: 1001 to every client, then close within ``shutdown_timeout``."""

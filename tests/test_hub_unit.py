@@ -162,6 +162,20 @@ def test_room_full_and_user_id_taken(clock: Clock) -> None:
     assert sink.last()["code"] == "user-id-taken"
 
 
+def test_room_caps_replace_the_member_limit_for_their_room(clock: Clock) -> None:
+    hub = make_hub(clock, max_room_members=2)
+    hub.room_caps["big"] = 3
+    for user in ("a", "b", "c"):
+        joined(hub, "big", user)
+    sink, s = connect(hub)
+    hub.receive(s, {"type": "join", "roomId": "big", "userId": "d"})
+    assert sink.last()["code"] == "room-full" and "(3)" in sink.last()["message"]
+    joined(hub, "small", "a2")
+    joined(hub, "small", "b2")
+    hub.receive(s, {"type": "join", "roomId": "small", "userId": "c2"})
+    assert sink.last()["code"] == "room-full" and "(2)" in sink.last()["message"]
+
+
 def test_leave_and_clean_close_give_user_left(clock: Clock) -> None:
     hub = make_hub(clock)
     a, sa = joined(hub, "r", "alice")

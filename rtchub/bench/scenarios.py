@@ -10,7 +10,12 @@ Sizes (full / ``--quick``):
 - ``idle``: 10,000 / 2,000 joined idle connections, server RSS growth per
   connection, compression off and on;
 - ``fanout``: one room of 200, ``message`` broadcast by 4 senders;
-- ``cross-node``: ``relay`` across two rtchub nodes sharing Redis.
+- ``cross-node``: ``relay`` across two rtchub nodes sharing Redis;
+- ``asgi``: ``relay`` on the native server and on rtchub mounted in a
+  FastAPI app under uvicorn (:mod:`rtchub.bench.asgi_app`), one after the
+  other in the same run: the ratio is what docs/asgi.md quotes;
+- ``sfu``: join -> first remote frame, mesh vs SFU, rtchub CPU per SFU join,
+  Janus CPU per forwarded stream (rtchub.bench.sfu, inside tools/netns-run).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary
 
 log = logging.getLogger("rtchub.bench")
 
-SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node")
+SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "asgi", "sfu")
+#: The two servers of the ``asgi`` scenario: the native one, then the ASGI mount.
+ASGI_SERVERS = ("rtchub", "rtchub-asgi")
 
 
 @dataclass
@@ -82,7 +89,7 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
             metric.notes[server] = note
         raw[name] = value
 
-    if scenario in ("relay", "cross-node", "fanout"):
+    if scenario in ("relay", "cross-node", "fanout", "asgi"):
         rate = r.get("msgsPerSec") if scenario != "fanout" else r.get("deliveriesPerSec")
         delivered = r.get("delivered") or 0
         name = "deliveries/s" if scenario == "fanout" else "delivered msgs/s"
@@ -121,6 +128,25 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
     return raw
 
 
+def sfu_rows(plan: Plan, rows: dict[tuple[str, str], Metric]) -> dict[str, Any]:
+    """The SFU scenario's numbers as rows of the rtchub column (rtchub.bench.sfu)."""
+    from rtchub.bench.sfu import run_in_namespace
+
+    r = run_in_namespace(plan.quick)
+
+    def put(name: str, unit: str, value: float | None) -> None:
+        metric = rows.setdefault(("sfu", name), Metric("sfu", name, unit, False))
+        metric.values["rtchub"] = value
+
+    put("join → first remote frame p50, mesh (2 parties)", "ms", r["mesh_first_frame_ms"]["p50"])
+    put("join → first remote frame p99, mesh (2 parties)", "ms", r["mesh_first_frame_ms"]["p99"])
+    put("join → first remote frame p50, SFU", "ms", r["sfu_first_frame_ms"]["p50"])
+    put("join → first remote frame p99, SFU", "ms", r["sfu_first_frame_ms"]["p99"])
+    put("rtchub CPU per SFU join", "ms", r["rtchub_cpu_ms_per_sfu_join"])
+    put(f"Janus CPU per forwarded stream ({r['stream']})", "% of a core", r["janus_cpu_pct_per_stream"])
+    return r
+
+
 def broker_available() -> str | None:
     """Why cross-node cannot run, or None when ``--broker redis://`` is implemented."""
     import importlib.util
@@ -137,6 +163,14 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
     skipped: dict[str, str] = {}
     configs = scenario_configs(plan)
     for scenario in scenarios:
+        if scenario == "sfu":
+            say("sfu: aiortc bots and Janus in a private network namespace ...")
+            try:
+                raw[scenario] = sfu_rows(plan, rows)
+            except Exception as exc:  # Janus missing, no namespace: say so, run the rest
+                skipped[scenario] = f"failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                say(f"sfu: {skipped[scenario]}")
+            continue
         if scenario == "cross-node":
             why = broker_available()
             if why:
@@ -150,6 +184,18 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
             except runner.BenchError as exc:
                 skipped[scenario] = f"failed: {str(exc).splitlines()[0]}"
                 say(f"cross-node: {skipped[scenario]}")
+            continue
+        if scenario == "asgi":
+            for kind in ASGI_SERVERS:
+                say(f"asgi: {kind} ...")
+                try:
+                    with runner.serving(kind) as server:
+                        run = runner.run_client(server, relay_config(plan))
+                except runner.BenchError as exc:
+                    say(f"asgi: {kind} failed: {exc}")
+                    raw.setdefault("asgi", {})[kind] = {"error": str(exc)[:2000]}
+                    continue
+                raw.setdefault("asgi", {})[kind] = metrics_for(scenario, "", kind, run, rows)
             continue
         for variant, cfg, server_opts in configs[scenario]:
             label = scenario + (f" ({variant})" if variant else "")

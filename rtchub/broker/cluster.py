@@ -98,6 +98,9 @@ class Cluster(HubObserver):
         self.out.on_down = self.down
         self.out.on_emptied = self._emptied
         self.room_finished: list[Callable[[str], None]] = []
+        #: ``callback(room, member, reason)`` when a member of a dead node is dropped
+        #: here (observers never see remote members): the SFU forgets its tracks.
+        self.remote_gone: list[Callable[[Room, Member, str], None]] = []
         self.seen_batches: dict[str, tuple[str, int]] = {}
         d, h, r = self.directory, self.handover, self.requests
         self._dispatch: ops.Handlers = {

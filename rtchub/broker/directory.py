@@ -97,13 +97,13 @@ class Directory:
 
     # -------------------------------------------------------- remote members
     def put_stub(self, room_id: str, uid: str, sid: str, node: str, name: str, version: int,
-                 create: bool = False) -> None:
+                 create: bool = False, media: str | None = None) -> None:
         if node == self.node:
             return
         if self.hub.rooms.get(room_id) is None and not create:
             return
         self.jv_user[(room_id, uid)] = version
-        self.hub.seat_remote(room_id, uid, sid, node, name, create=create)
+        self.hub.seat_remote(room_id, uid, sid, node, name, create=create, media=media)
 
     def on_joined(self, op: Joined) -> None:
         if op.replaced:
@@ -146,7 +146,11 @@ class Directory:
         """A remote member is gone for good (its node died): tell our local members."""
         uid = stub.user_id or ""
         for room_id in list(stub.rooms):
-            if self.hub.unseat_remote(room_id, uid, stub.id, reason):
+            member = self.hub.unseat_remote(room_id, uid, stub.id, reason)
+            if member is not None:
+                room = self.hub.rooms[room_id]
+                for callback in self.c.remote_gone:
+                    callback(room, member, reason)
                 self.out.command(("release", room_id, uid, stub.id))
                 self.gc_room(room_id)
         self.hub.forget_remote(stub.id)
@@ -236,8 +240,9 @@ class Directory:
         room_id, uid = req.room_id, req.user_id
         settings = self.c.settings
         try:
+            limit = self.hub.room_cap(room_id, req.media or settings.media_mode)
             res = await self.c.broker.claim(room_id, uid, session.id, req.display_name or uid,
-                                            settings.max_room_members, self.out.ttl_ms)
+                                            limit, self.out.ttl_ms)
         except BrokerDown as exc:
             self.c.down(exc)
             self._abandon(key)
@@ -248,7 +253,7 @@ class Directory:
             self._abandon(key)
             if res.status == "full":
                 err = ProtocolError(ErrorCode.ROOM_FULL, f"room {room_id!r} is full "
-                                    f"({settings.max_room_members})", req.msg_id)
+                                    f"({limit})", req.msg_id)
             else:
                 err = ProtocolError(ErrorCode.USER_ID_TAKEN,
                                     f"userId {uid!r} is already in room {room_id!r}", req.msg_id)
@@ -265,12 +270,13 @@ class Directory:
         create = bool(others) or (rep is not None and rep["n"] != self.node)
         for u, e in others.items():
             if e["s"] not in self.tomb:
-                self.put_stub(room_id, u, e["s"], e["n"], e["d"], int(e["v"]), create)
+                self.put_stub(room_id, u, e["s"], e["n"], e["d"], int(e["v"]), create, req.media)
         if rep is not None and rep["n"] != self.node:
             room = self.hub.rooms.get(room_id)
             if room is None or uid not in room.members:
                 # So that the hub takes the seat over as a rejoin, as it would locally.
-                self.put_stub(room_id, uid, rep["s"], rep["n"], rep["d"], int(rep["v"]), True)
+                self.put_stub(room_id, uid, rep["s"], rep["n"], rep["d"], int(rep["v"]), True,
+                              req.media)
         complete(True)
         if key in self.pending:  # the join did not (yet) happen
             if session.ended or self.hub.join_gates[-1] == self.gate:

@@ -52,10 +52,18 @@ class Transport:
 
 
 def base_url(url: str) -> str:
-    """``ws://h:p/ws`` or ``http://h:p`` -> ``http://h:p`` (scheme mapped, path dropped)."""
+    """The HTTP base beside a WebSocket URL: ``ws://h:p/ws`` or ``http://h:p`` ->
+    ``http://h:p``. A mount prefix before ``/ws`` (or ``/signaling``) stays:
+    ``ws://h:p/rtc/ws`` -> ``http://h:p/rtc`` (rtchub mounted in an ASGI app);
+    any other path is the WebSocket's alone."""
     parts = urlsplit(url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, "", "", ""))
+    path = parts.path.rstrip("/")
+    prefix = ""
+    for ws_path in ("/ws", "/signaling"):
+        if path.endswith(ws_path):
+            prefix = path[: -len(ws_path)]
+    return urlunsplit((scheme, parts.netloc, prefix, "", ""))
 
 
 def ws_url(url: str, token: str | None = None) -> str:

@@ -34,7 +34,7 @@ class ClusterState:
     send: Callable[[Session, Outgoing], None]
 
     if TYPE_CHECKING:
-        def open_room(self, room_id: str) -> Room: ...
+        def open_room(self, room_id: str, media: str | None = None) -> Room: ...
         def _close_room(self, room: Room) -> None: ...
         def end(self, session: Session, reason: str) -> None: ...
         def _new_session(self, sid: str, sink: Any) -> Session: ...
@@ -70,7 +70,7 @@ class ClusterState:
             stub.node = node
 
     def seat_remote(self, room_id: str, user_id: str, sid: str, node: str, name: str, *,
-                    create: bool = False) -> bool:
+                    create: bool = False, media: str | None = None) -> bool:
         """Session ``sid`` of ``node`` holds seat ``user_id`` of ``room_id``.
 
         No ``user-joined`` here: the joiner's own node sends it to every
@@ -84,7 +84,7 @@ class ClusterState:
         if room is None:
             if not create:
                 return False
-            room = self.open_room(room_id)
+            room = self.open_room(room_id, media)
         me = self.node_id
         cur = room.members.get(user_id)
         if cur is not None:
@@ -100,17 +100,18 @@ class ClusterState:
         room.members[user_id] = Member(user_id, name or user_id, stub)
         return True
 
-    def unseat_remote(self, room_id: str, user_id: str, sid: str, reason: str | None = None) -> bool:
+    def unseat_remote(self, room_id: str, user_id: str, sid: str, reason: str | None = None
+                      ) -> Member | None:
         """Remote session ``sid`` no longer holds seat ``user_id`` of ``room_id``.
 
         ``reason``: tell this node's members (``user-left``), which a remote
         member's own node cannot do when it died. The room is kept (see
-        :meth:`forget_room`).
+        :meth:`forget_room`). Returns the member removed, if any.
         """
         room = self.rooms.get(room_id)
         mb = room.members.get(user_id) if room is not None else None
         if room is None or mb is None or mb.session.id != sid or mb.session.node is self.node_id:
-            return False
+            return None
         del room.members[user_id]
         self._unlink_remote(mb.session, room_id)
         if reason is not None:
@@ -119,7 +120,7 @@ class ClusterState:
             for other in room.members.values():
                 if other.session.node is me:
                     self.send(other.session, left)
-        return True
+        return mb
 
     def forget_remote(self, sid: str) -> None:
         """Remote session ``sid`` is gone: its seats here are dropped without a word."""
