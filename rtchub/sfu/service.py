@@ -182,7 +182,7 @@ class SfuService(HubObserver):
         self.adopted: dict[tuple[str, int], JanusConnection] = {}
         self.stats = {"publishes": 0, "subscribes": 0, "resets": 0, "errors": 0}
         hub = self.hub
-        hub.media_policy = self._media_policy
+        hub.use_media_policy(self._media_policy)
         hub.observers.append(self)
         for mtype, handler in (
             ("publish", self._on_publish), ("unpublish", self._on_unpublish),
@@ -373,8 +373,8 @@ class SfuService(HubObserver):
             async def learn() -> None:
                 with contextlib.suppress(BrokerDown):
                     mode = await self.shared.mode(room.id)
-                    if mode in MEDIA_MODES and mode != room.media:
-                        room.set_media(mode, self.hub.route_policy)
+                    if mode in MEDIA_MODES:
+                        self.hub.set_room_media(room.id, mode)
             self._spawn(learn())
 
     def member_joined(self, room: Room, member: Member, rejoined: bool) -> None:
