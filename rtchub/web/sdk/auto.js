@@ -27,7 +27,7 @@ import { SfuCall } from './sfu.js';
 import { RtcHubError } from './hub.js';
 
 const SWITCH_TIMEOUT_MS = 10000;
-const TEARDOWN_GRACE_MS = 1000;
+const TEARDOWN_GRACE_MS = 2000;
 const FIRST_FRAME_POLL_MS = 50;
 const SPEAKER_POLL_MS = 400;
 const LAYER_POLL_MS = 1000;
