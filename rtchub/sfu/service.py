@@ -181,6 +181,8 @@ class SfuService(HubObserver):
         #: Janus sessions of dead nodes that this node claimed: (server, session id) -> connection.
         self.adopted: dict[tuple[str, int], JanusConnection] = {}
         self.stats = {"publishes": 0, "subscribes": 0, "resets": 0, "errors": 0}
+        #: roomId -> lock ordering directory reads sent to joiners with announcements.
+        self._dir_locks: dict[str, asyncio.Lock] = {}
         hub = self.hub
         hub.use_media_policy(self._media_policy)
         hub.observers.append(self)
@@ -389,14 +391,24 @@ class SfuService(HubObserver):
         self._spawn(self._send_tracks(session, room.id, key))
 
     async def _send_tracks(self, session: Session, room_id: str, key: tuple[str, str]) -> None:
-        try:
-            tracks = await self.shared.tracks(room_id)
-        except BrokerDown:
-            tracks = {}
-        if session.ended or room_id not in session.rooms:
-            return
-        self.hub.send_msg(session, {"type": "tracks", "roomId": room_id,
-                                    "tracks": [self._public(tid, t) for tid, t in tracks.items()]})
+        # Under the room's directory lock: a ``tracks-published`` of this node
+        # never overtakes the (older) list a joiner gets here, which would
+        # make the client forget the tracks it was just told about.
+        async with self._dir_lock(room_id):
+            try:
+                tracks = await self.shared.tracks(room_id)
+            except BrokerDown:
+                tracks = {}
+            if session.ended or room_id not in session.rooms:
+                return
+            self.hub.send_msg(session, {"type": "tracks", "roomId": room_id,
+                                        "tracks": [self._public(tid, t) for tid, t in tracks.items()]})
+
+    def _dir_lock(self, room_id: str) -> asyncio.Lock:
+        lock = self._dir_locks.get(room_id)
+        if lock is None:
+            lock = self._dir_locks[room_id] = asyncio.Lock()
+        return lock
 
     # ================================================================ node failure
     async def _save(self, peer: Peer) -> None:
@@ -515,6 +527,7 @@ class SfuService(HubObserver):
                 self.hub.send_msg(mb.session, msg)
 
     def room_closed(self, room: Room) -> None:
+        self._dir_locks.pop(room.id, None)
         if room.media not in SFU_MODES:
             return
         for key in [k for k in self.peers if k[0] == room.id]:
@@ -779,12 +792,13 @@ class SfuService(HubObserver):
         fresh = [t for t in peer.published.values() if t["trackId"] not in peer.announced]
         if not fresh or peer.dead:
             return
-        for t in fresh:
-            peer.announced.add(t["trackId"])
-            await self.shared.put_track(peer.room_id, t["trackId"], t)
-        self.hub.publish(peer.room_id, {
-            "type": "tracks-published", "roomId": peer.room_id, "userId": peer.user_id,
-            "tracks": [self._public(t["trackId"], t) for t in fresh]})
+        async with self._dir_lock(peer.room_id):
+            for t in fresh:
+                peer.announced.add(t["trackId"])
+                await self.shared.put_track(peer.room_id, t["trackId"], t)
+            self.hub.publish(peer.room_id, {
+                "type": "tracks-published", "roomId": peer.room_id, "userId": peer.user_id,
+                "tracks": [self._public(t["trackId"], t) for t in fresh]})
         if self.clustered:
             await self._save(peer)
 

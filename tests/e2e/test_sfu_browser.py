@@ -85,8 +85,9 @@ async def test_browser_publishes_simulcast_and_bot_counts_frames(make_e2e_server
     await start(page, "camroom", "cam", video={"width": 640, "height": 480, "frameRate": 15})
     client = Client(app.url)
     await client.connect()
-    await client.join("camroom", "bot")
+    # Listen before joining: the room's track list follows the join at once.
     media = SfuMedia(client, "camroom")
+    await client.join("camroom", "bot")
     try:
         n = await media.wait_frames("cam", 10, timeout=30)
         await media.wait_frames("cam", n + 15, timeout=30)
