@@ -18,6 +18,7 @@ from typing import Any
 
 from picows.picows import WSAutoPingStrategy
 
+from rtchub.auth.limits import SERVICE_UNAVAILABLE
 from rtchub.transports.coalesce import CoalescingWSProtocol
 
 log = logging.getLogger("rtchub.mux")
@@ -46,8 +47,9 @@ class PortMux(asyncio.Protocol):
     """First protocol of every connection; replaces itself after the request head.
 
     ``admit(transport)`` (per-IP limits, :mod:`rtchub.auth.limits`) runs on
-    accept: 0 admits, a negative number drops the connection at once, an
-    HTTP status (429) is answered once the request head has arrived. A
+    accept: 0 admits, a negative number drops the connection at once, 503
+    (the process is near its fd limit) is answered at once, another HTTP
+    status (429) once the request head has arrived. A
     connection that has not sent its head within ``head_timeout`` seconds is
     dropped (slowloris); picows and aiohttp time out on their own afterwards.
     """
@@ -79,6 +81,11 @@ class PortMux(asyncio.Protocol):
             if verdict < 0:
                 self._transport = None
                 transport.abort()
+                return
+            if verdict == SERVICE_UNAVAILABLE:
+                # Near the fd limit: say so at once and free the descriptor
+                # (RFC 9110 section 15.6.4), rather than hold it for a head.
+                self._answer(transport, b"503 Service Unavailable", b"Retry-After: 1\r\n")
                 return
             self._refuse = verdict
         if self._head_timeout > 0:
