@@ -13,10 +13,11 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_port
+from tests.conftest import ROOT, eventually, free_port, wait_port
 
 
 async def _still_open(reader: asyncio.StreamReader, wait: float) -> bool:
@@ -131,3 +132,131 @@ def test_fd_headroom_keeps_the_server_reachable(tmp_path):
         log.close()
     text = (tmp_path / "serve.log").read_text(errors="replace")
     assert "Too many open files" not in text, text[-3000:]
+
+
+# ------------------------------------------------------ 4. WebSocket frame floods
+class FrameClient:
+    """A WebSocket client that sends any frame sequence (websockets' sans-I/O protocol)."""
+
+    def __init__(self, url: str, deflate: bool = False) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+        from websockets.uri import parse_uri
+
+        exts = [ClientPerMessageDeflateFactory()] if deflate else None
+        self.proto = ClientProtocol(parse_uri(url), extensions=exts, max_size=None)
+        self.texts: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+
+    async def connect(self, port: int) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.proto.send_request(self.proto.connect())
+        self.flush()
+        while not self.texts:  # the welcome message
+            await self.read_once()
+        assert self.proto.handshake_exc is None
+
+    def flush(self) -> None:
+        for data in self.proto.data_to_send():
+            if data:
+                self.writer.write(data)
+
+    async def read_once(self, timeout: float = 10.0) -> bool:
+        import orjson
+
+        data = await asyncio.wait_for(self.reader.read(65536), timeout)
+        if data:
+            self.proto.receive_data(data)
+        else:
+            self.proto.receive_eof()
+        for event in self.proto.events_received():
+            if getattr(event, "opcode", None) is not None and event.opcode.name == "TEXT":
+                self.texts.append(orjson.loads(event.data))
+        if self.proto.close_rcvd is not None:
+            self.close_code = self.proto.close_rcvd.code
+            self.flush()  # our Close in reply
+        return bool(data)
+
+    async def send_until_closed(self, send_one: Any, most: int) -> int:
+        """Call ``send_one()`` up to ``most`` times, reading along; the frames sent."""
+        sent = 0
+        gone = False
+        while sent < most and self.close_code is None and not gone:
+            for _ in range(50):
+                send_one()
+                sent += 1
+            self.flush()
+            try:
+                await self.writer.drain()
+                gone = not await self.read_once(0.05)
+            except TimeoutError:
+                pass
+            except ConnectionError:
+                gone = True
+        while self.close_code is None:
+            try:
+                if not await self.read_once():
+                    break
+            except ConnectionError:
+                break
+        return sent
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_endless_empty_continuation_frames_are_closed(make_server):
+    """An unfinished message followed by empty continuation frames: closed after
+    a bounded number of frames, even with every rate limit off."""
+    app = await make_server(max_msg_rate=0)
+    c = FrameClient(app.ws_url)
+    await c.connect(app.port)
+    c.proto.send_text(b'{"type":"ping"', fin=False)
+    sent = await c.send_until_closed(lambda: c.proto.send_continuation(b"", fin=False), 20000)
+    assert c.close_code == 1009, (c.close_code, sent)
+    assert sent < 20000
+    c.close()
+
+
+FLOODS = {
+    "pong": lambda p: p.send_pong(b"x"),
+    "ping": lambda p: p.send_ping(b"x"),
+    "invalid-json": lambda p: p.send_text(b"{nope"),
+    "unknown-type": lambda p: p.send_text(b'{"type":"nope"}'),
+    "resume": lambda p: p.send_text(b'{"type":"resume","sessionId":"x","lastSeq":0}'),
+    "fragments": lambda p: (p.send_text(b'{"type":', fin=False),
+                            p.send_continuation(b'"ping"}', fin=True)),
+}
+
+
+@pytest.mark.parametrize(("kind", "compression"), [
+    *((k, False) for k in FLOODS),
+    # aiohttp reassembles fragments itself (within max_message_size): it
+    # hands over whole messages only, so fragments are not counted there.
+    *((k, True) for k in FLOODS if k != "fragments")])
+async def test_every_frame_counts_and_a_flood_ends_in_1008(make_server, kind, compression):
+    """Frames that earned no strike before (pongs, pings, resumes, invalid
+    JSON, unknown types) spend the message budget; a flood is closed with 1008."""
+    app = await make_server(compression=compression, max_msg_burst=50, abuse_strikes=50)
+    c = FrameClient(app.ws_url, deflate=compression)
+    await c.connect(app.port)
+    flood = FLOODS[kind]
+    sent = await c.send_until_closed(lambda: flood(c.proto), 20000)
+    if compression:
+        # aiohttp closes TCP as soon as the handler returns: with the flood
+        # still unread the kernel resets the connection and the client may
+        # lose our Close frame. The server's side is what matters here.
+        assert c.close_code in (1008, None), c.close_code
+    else:
+        assert c.close_code == 1008, (c.close_code, sent, c.texts[-3:])
+    assert sent < 20000
+    await eventually(lambda: not app.liveness.endpoints)
+    # An honest client of the same server is unaffected.
+    honest = FrameClient(app.ws_url)
+    await honest.connect(app.port)
+    honest.proto.send_text(b'{"type":"ping","id":1}')
+    honest.flush()
+    while not any(m.get("type") == "pong" for m in honest.texts):
+        await honest.read_once()
+    c.close()
+    honest.close()

@@ -252,22 +252,23 @@ class Hub:
 
     # ------------------------------------------------------------------- input
     def receive(self, session: Session, msg: Any) -> None:
-        """Handle one decoded client message. Never raises for bad input."""
+        """Handle one decoded client message. Never raises for bad input.
+
+        Every message costs a token first, whatever it is: a ``resume``, an
+        unknown type or a malformed object costs the server as much to
+        answer as a valid one, so a flood of them ends in 1008 too.
+        """
+        bucket = session.bucket
+        if bucket is not None and not bucket.take(self.clock()):
+            self._over_rate(session, m.safe_id(msg))
+            return
+        session.strikes = 0
         try:
             mtype = m.message_type(msg)
             msg_id = m.message_id(msg)
         except ProtocolError as err:
             self.error(session, err)
             return
-        bucket = session.bucket
-        if bucket is not None and mtype != "resume" and not bucket.take(self.clock()):
-            session.strikes += 1
-            self.error(session, ProtocolError(
-                ErrorCode.RATE_LIMITED, "too many messages, slow down", msg_id))
-            if session.strikes >= self.settings.abuse_strikes:
-                self.close(session, CloseCode.POLICY, "rate limit exceeded repeatedly")
-            return
-        session.strikes = 0
         if msg_id is not None and mtype not in ("ping", "resume") and msg_id in session.seen_ids:
             # A resend after resume: accepted before, so acknowledge, never redeliver.
             self.send(session, Outgoing({"type": "ack", "id": msg_id, "duplicate": True}))
@@ -287,6 +288,34 @@ class Hub:
             self.error(session, ProtocolError(
                 ErrorCode.INVALID_MESSAGE,
                 "message cannot be relayed: nested too deeply or not JSON-representable", msg_id))
+
+    def _over_rate(self, session: Session, msg_id: Any) -> None:
+        session.strikes += 1
+        self.error(session, ProtocolError(ErrorCode.RATE_LIMITED, "too many messages, slow down", msg_id))
+        if session.strikes >= self.settings.abuse_strikes:
+            self.close(session, CloseCode.POLICY, "rate limit exceeded repeatedly")
+
+    def reject(self, session: Session, err: ProtocolError) -> None:
+        """A frame that is not a message at all (invalid JSON or MessagePack):
+        it costs a token like any message, then the error is sent."""
+        bucket = session.bucket
+        if bucket is not None and not bucket.take(self.clock()):
+            self._over_rate(session, None)
+            return
+        session.strikes = 0
+        self.error(session, err)
+
+    def charge(self, session: Session) -> None:
+        """An inbound frame that carries no message (WebSocket ping, pong, a
+        fragment of a message): it costs a token, and a flood of them ends in
+        1008 as a message flood does. Nothing is answered: an error per
+        frame would double the flood."""
+        bucket = session.bucket
+        if bucket is None or bucket.take(self.clock()):
+            return
+        session.strikes += 1
+        if session.strikes >= self.settings.abuse_strikes:
+            self.close(session, CloseCode.POLICY, "rate limit exceeded repeatedly")
 
     def _accepted(self, session: Session, msg_id: Any) -> None:
         if msg_id is not None:

@@ -93,6 +93,13 @@ def message_type(msg: Any) -> str:
     return mtype
 
 
+def safe_id(msg: Any) -> Any:
+    """The usable ``id`` of anything decoded, or ``None`` (never raises)."""
+    if type(msg) is not dict:
+        return None
+    return _safe_id(msg)
+
+
 def _safe_id(msg: dict[str, Any]) -> Any:
     try:
         return message_id(msg)

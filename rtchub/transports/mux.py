@@ -172,7 +172,7 @@ def picows_protocol_factory(listener_factory: Callable[[Any, str], Any], *,
             True,        # disconnect_on_exception
             5.0,         # handshake timeout
             False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,        # auto pong
+            False,       # auto pong: off, pings are answered (and counted) by the endpoint
             max_frame_size,
             None,        # extra headers
             2048,        # initial read buffer: small, grows with need (idle memory)
