@@ -20,6 +20,7 @@ from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithLis
 
 from rtchub import api, ice
 from rtchub.auth.gate import Admission, Gatekeeper
+from rtchub.auth.limits import budget_problems
 from rtchub.broker.cluster import attach_cluster
 from rtchub.core.hub import Hub
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
@@ -180,6 +181,8 @@ class RtcHub:
         self._ticker.start()
         for service in self.services:
             await service.start()
+        for problem in budget_problems(s):
+            log.warning("limits contradict each other: %s (docs/security.md, \"The budget\")", problem)
         log.info("rtchub listening on %s://%s:%d (node %s)",
                  "https" if s.certfile else "http", s.host, self.port, self.hub.node_id)
 

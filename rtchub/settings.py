@@ -36,6 +36,14 @@ class Settings:
     max_msg_burst: int = field(
         default=200, metadata={"help": "token bucket size: messages allowed at once (0 = no limit)"}
     )
+    max_byte_rate: float = field(
+        default=32 * 1024,
+        metadata={"help": "relayed bytes/s per connection, as encoded (0 = no limit); docs/security.md"},
+    )
+    max_byte_burst: int = field(
+        default=72 * 1024,
+        metadata={"help": "relayed bytes one connection may send at once (at least one largest message)"},
+    )
     abuse_strikes: int = field(
         default=100, metadata={"help": "rate-limited messages in a row before closing with 1008"}
     )

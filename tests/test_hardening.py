@@ -148,8 +148,14 @@ class FrameClient:
         self.texts: list[dict[str, Any]] = []
         self.close_code: int | None = None
 
-    async def connect(self, port: int) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(self, port: int, rcvbuf: int = 0) -> None:
+        sock = socket.socket()
+        if rcvbuf:
+            # Before connect, so the TCP window is small from the start (tcp(7)).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        self.reader, self.writer = await asyncio.open_connection(sock=sock)
         self.proto.send_request(self.proto.connect())
         self.flush()
         while not self.texts:  # the welcome message
@@ -260,3 +266,99 @@ async def test_every_frame_counts_and_a_flood_ends_in_1008(make_server, kind, co
         await honest.read_once()
     c.close()
     honest.close()
+
+
+# ------------------------------------------------------------ 5. one budget
+def test_default_limits_are_one_budget():
+    """What a full room may send one member fits its pending-output cap and a
+    2 MB/s link (docs/security.md "The budget" has the same arithmetic)."""
+    from rtchub.auth.limits import REFERENCE_LINK, budget, budget_problems
+    from rtchub.settings import Settings
+
+    s = Settings()
+    assert budget_problems(s) == []
+    b = budget(s)
+    assert b["burst"] <= s.max_pending_bytes
+    assert b["sustained"] <= REFERENCE_LINK
+    # The old defaults (no byte budget) contradicted themselves.
+    old = Settings(max_byte_rate=0)
+    assert budget_problems(old)
+
+
+async def _paced_reader(c: FrameClient, rate: float, until: Any) -> None:
+    """Read at most ``rate`` bytes/s until ``until()`` or the connection ends."""
+    chunk = 16 * 1024
+    while not until() and c.close_code is None:
+        data = await asyncio.wait_for(c.reader.read(chunk), 20)
+        if not data:
+            break
+        c.proto.receive_data(data)
+        import orjson
+
+        for event in c.proto.events_received():
+            if getattr(event, "opcode", None) is not None and event.opcode.name == "TEXT":
+                c.texts.append(orjson.loads(event.data))
+        if c.proto.close_rcvd is not None:
+            c.close_code = c.proto.close_rcvd.code
+        await asyncio.sleep(len(data) / rate)
+
+
+@pytest.fixture
+async def http() -> Any:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_honest_members_on_a_slow_link_keep_their_session(make_server, http):
+    """Members sending as fast as the server lets them (and told to slow down
+    when they may not) never cost a member on a 2 MB/s link its session."""
+    import secrets
+
+    import orjson
+
+    app = await make_server()
+    slow = FrameClient(app.ws_url)
+    await slow.connect(app.port, rcvbuf=32 * 1024)
+    slow.proto.send_text(orjson.dumps({"type": "join", "roomId": "r", "userId": "slow"}))
+    slow.flush()
+    senders = []
+    for name in ("a", "b"):
+        ws = await http.ws_connect(app.ws_url, max_msg_size=0)
+        await ws.receive_json()
+        await ws.send_json({"type": "join", "roomId": "r", "userId": name})
+        senders.append(ws)
+    await eventually(lambda: "r" in app.hub.rooms and len(app.hub.rooms["r"].members) == 3)
+    slow_session = app.hub.rooms["r"].members["slow"].session
+    # The old documented burst: up to 200 messages of up to 64 KiB each.
+    per_sender = 90
+    for i, ws in enumerate(senders):
+        for n in range(per_sender):
+            await ws.send_json({"type": "message", "roomId": "r", "id": n,
+                                "data": {"k": i, "n": n, "b": secrets.token_hex(30_000)}})
+    accepted: dict[int, list[int]] = {0: [], 1: []}
+    refused: dict[int, int] = {0: 0, 1: 0}
+    for i, ws in enumerate(senders):
+        while len(accepted[i]) + refused[i] < per_sender:
+            msg = await ws.receive_json(timeout=30)
+            if msg["type"] == "ack":
+                accepted[i].append(msg["id"])
+            elif msg["type"] == "error":
+                assert msg["code"] == "rate-limited", msg
+                refused[i] += 1
+
+    def got(k: int) -> list[int]:
+        return [m["data"]["n"] for m in slow.texts if m["type"] == "message" and m["data"]["k"] == k]
+
+    await _paced_reader(slow, 2_000_000,
+                        lambda: all(len(got(k)) == len(accepted[k]) for k in accepted))
+    assert slow.close_code is None
+    assert slow_session.sink is not None and not slow_session.sink.closing
+    for k in accepted:
+        assert got(k) == accepted[k]
+        assert accepted[k], "the byte budget always lets one message through"
+    for ws in senders:
+        assert not ws.closed
+        await ws.close()
+    slow.close()

@@ -182,3 +182,60 @@ def _prune_closed(conns: set[asyncio.BaseTransport]) -> None:
     closed = [t for t in conns if t.is_closing()]
     for t in closed:
         conns.discard(t)
+
+
+# ------------------------------------------------------------------ the budget
+#: Bytes of a ``user-joined`` / ``user-left`` notification, as sent (with seq
+#: and frame header), for the longest ids and display names.
+NOTICE_BYTES = 300
+#: Bytes of the largest answer a client's own message earns (ack, pong,
+#: error), as sent.
+REPLY_BYTES = 200
+#: The slowest link the defaults promise to serve without a 1008 (bytes/s):
+#: the "ordinary 2 MB/s link" of issue 13.
+REFERENCE_LINK = 2_000_000
+
+
+def budget(s: Settings) -> dict[str, float]:
+    """The worst case one member of one full room can be sent, from the settings.
+
+    Every number here is a bound the server enforces; docs/security.md ("The
+    budget") walks through it. ``burst`` must fit in ``max_pending_bytes`` and
+    ``sustained`` in the member's link, or an honest member could be closed
+    with 1008 for what others were allowed to send.
+    """
+    from rtchub.core.hub import FRAME_OVERHEAD, RELAY_ENVELOPE
+
+    others = max(0, s.max_room_members - 1)
+    byte_burst = max(s.max_byte_burst, s.max_message_size + RELAY_ENVELOPE + FRAME_OVERHEAD)
+    join_burst = max(1.0, s.max_joins_per_second)
+    unlimited = not s.rate_limited or s.max_byte_rate <= 0
+    burst = (others * (byte_burst + join_burst * NOTICE_BYTES)
+             + s.max_msg_burst * REPLY_BYTES)
+    sustained = (others * (s.max_byte_rate + s.max_joins_per_second * NOTICE_BYTES)
+                 + s.max_msg_rate * REPLY_BYTES)
+    return {
+        "others": others,
+        "byte_burst": byte_burst,
+        "burst": float("inf") if unlimited else burst,
+        "sustained": float("inf") if unlimited else sustained,
+        "pending": float(s.max_pending_bytes or float("inf")),
+        # Seconds of a full-rate room a dropped member can miss and still resume.
+        "resume_window": (s.resume_buffer_bytes / sustained) if sustained and not unlimited
+        else float("inf"),
+    }
+
+
+def budget_problems(s: Settings, link: float = REFERENCE_LINK) -> list[str]:
+    """Where the settings contradict each other (empty when the budget holds)."""
+    b = budget(s)
+    problems = []
+    if b["burst"] > b["pending"]:
+        problems.append(
+            f"a full room may send one member {b['burst']:.0f} bytes at once, more than "
+            f"--max-pending-bytes {s.max_pending_bytes}: a slow member would be closed with 1008")
+    if b["sustained"] > link:
+        problems.append(
+            f"a full room may send one member {b['sustained']:.0f} bytes/s, more than a "
+            f"{link:.0f} bytes/s link carries")
+    return problems

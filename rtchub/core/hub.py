@@ -29,6 +29,13 @@ from rtchub.protocol import messages as m
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from rtchub.settings import Settings
 
+#: Bytes a relayed body may exceed ``max_message_size`` by: the ``from`` and
+#: ``seq`` the server adds, and re-encoding (RFC 8259 escapes, number forms).
+RELAY_ENVELOPE = 1024
+#: Bytes charged per relayed message on top of its body: the ``seq`` field
+#: and the WebSocket frame header (RFC 6455 section 5.2), rounded up.
+FRAME_OVERHEAD = 32
+
 
 class HubObserver:
     """Hooks for everything that watches the hub. Override what you need."""
@@ -112,6 +119,12 @@ class Hub:
         #: Messages numbered by :meth:`send`, by type: plain ints, so counting costs the
         #: hot path one dict update; rtchub.metrics exports them at scrape time.
         self.sent: dict[str, int] = {}
+        s = self.settings
+        #: The largest body a client message may become once stamped and
+        #: re-encoded as JSON (MessagePack strings can grow 6x when escaped).
+        self.max_relayed = s.max_message_size + RELAY_ENVELOPE
+        #: A byte bucket always holds at least one largest message.
+        self.byte_burst = max(s.max_byte_burst, self.max_relayed + FRAME_OVERHEAD)
 
     # ------------------------------------------------------------------ sessions
     def open(self, sink: Sink | None, *, user_id: str | None = None,
@@ -128,6 +141,8 @@ class Hub:
         s = self.settings
         if s.rate_limited:
             session.bucket = TokenBucket(s.max_msg_rate, s.max_msg_burst, now)
+            if s.max_byte_rate > 0:
+                session.byte_bucket = TokenBucket(s.max_byte_rate, self.byte_burst, now)
         if s.max_joins_per_second > 0:
             session.join_bucket = TokenBucket(
                 s.max_joins_per_second, max(1.0, s.max_joins_per_second), now
@@ -499,9 +514,34 @@ class Hub:
         room = self._room_of(session, msg, msg_id)
         m.relay_payload(msg["type"], msg, msg_id)
         target = self._target(room, msg, msg_id)
-        self.send(target.session, Outgoing(self._stamped(session, msg)))
+        out = Outgoing(self._stamped(session, msg))
+        self._spend(session, out, msg_id)
+        self.send(target.session, out)
         if msg_id is not None:
             self._accepted(session, msg_id)
+
+    def _spend(self, session: Session, out: Outgoing, msg_id: Any) -> None:
+        """Charge a relayed message to its sender, at its encoded size.
+
+        What a member receives from a room is bounded by what its members
+        may send: ``max_byte_rate`` per sender sustained, ``byte_burst`` at
+        once, counted as stored and sent (the JSON body), not as received.
+        docs/security.md "The budget" has the arithmetic that makes this
+        fit every member's ``max_pending_bytes``.
+        """
+        size = len(out.json)  # encodes once; cached for every recipient
+        if size > self.max_relayed:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                                f"message too big once encoded ({size} bytes, at most "
+                                f"{self.max_relayed})", msg_id)
+        bucket = session.byte_bucket
+        if bucket is not None and not bucket.take(self.clock(), size + FRAME_OVERHEAD):
+            session.strikes += 1
+            if session.strikes >= self.settings.abuse_strikes:
+                self.close(session, CloseCode.POLICY, "rate limit exceeded repeatedly")
+            raise ProtocolError(ErrorCode.RATE_LIMITED,
+                                "too many bytes, slow down: "
+                                f"{self.settings.max_byte_rate:g} bytes/s", msg_id)
 
     @staticmethod
     def _stamped(session: Session, msg: dict[str, Any]) -> dict[str, Any]:
@@ -527,6 +567,7 @@ class Hub:
         if echo is not None and type(echo) is not bool:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "echo must be a boolean", msg_id)
         out = Outgoing(self._stamped(session, msg))
+        self._spend(session, out, msg_id)
         if msg.get("to") is not None:
             self.send(self._target(room, msg, msg_id).session, out)
             if echo:

@@ -37,7 +37,7 @@ class Sink(Protocol):
 class Session:
     __slots__ = (
         "id", "user_id", "display_name", "rooms", "sink", "seq", "buffer",
-        "buffer_bytes", "seen_ids", "bucket", "strikes",
+        "buffer_bytes", "seen_ids", "bucket", "byte_bucket", "strikes",
         "join_bucket", "detached_at", "detach_reason", "claims", "node",
         "ended", "user_fixed", "created_at", "__weakref__",
     )
@@ -57,6 +57,8 @@ class Session:
         self.buffer_bytes = 0
         self.seen_ids: OrderedDict[Any, None] = OrderedDict()
         self.bucket: TokenBucket | None = None
+        #: Bytes this session may relay (encoded size): see Hub._spend.
+        self.byte_bucket: TokenBucket | None = None
         self.join_bucket: TokenBucket | None = None
         self.strikes = 0
         self.detached_at: float | None = None
