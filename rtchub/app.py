@@ -23,6 +23,7 @@ from rtchub.auth.gate import Admission, Gatekeeper
 from rtchub.auth.limits import budget_problems
 from rtchub.broker.cluster import attach_cluster
 from rtchub.core.hub import Hub
+from rtchub.memory import HeapReturner
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
@@ -55,6 +56,9 @@ class RtcHub:
                                 self.hub.tick, "hub-tick")
         #: Background parts (STUN, broker, webhooks...) started and stopped with the server.
         self.services: list[Any] = []
+        #: Returns freed buffer memory to the OS (rtchub.memory).
+        self.heap = HeapReturner(self.hub)
+        self.services.append(self.heap)
         self.ready_checks: list[Any] = []
         # Tokens on the hub, room grants, token expiry (rtchub.auth.gate).
         self.gatekeeper.install(self)

@@ -62,6 +62,10 @@ class Settings:
     resume_buffer_bytes: int = field(
         default=512 * 1024, metadata={"help": "bytes kept per session for resume"}
     )
+    max_buffered_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={"help": "bytes all resume buffers may hold together; over it each keeps a fair share"},
+    )
     shutdown_timeout: float = field(default=3.0, metadata={"help": "seconds to drain on SIGTERM"})
 
     # -- transports -------------------------------------------------------------

@@ -353,3 +353,48 @@ def test_session_ids_are_random_url_safe_and_fresh_after_the_pool_refills() -> N
     hub = Hub(Settings())
     a, b = hub.open(FakeSink()), hub.open(FakeSink())
     assert a.id != b.id and len(a.id) == 16
+
+
+def test_all_resume_buffers_together_stay_within_max_buffered_bytes(clock: Clock) -> None:
+    """Issue 13 item 6: many sessions that never read no longer add up without
+    bound; each keeps a fair share, and a resume past it is refused, never gapped."""
+    budget = 2 * 1024 * 1024
+    hub = make_hub(clock, max_buffered_bytes=budget, max_msg_rate=0)
+    members = [joined(hub, "r", f"u{i}") for i in range(50)]
+    blob = "x" * 4000
+    for n in range(300):
+        hub.publish("r", {"type": "message", "roomId": "r", "data": {"n": n, "b": blob}})
+        if n % 50 == 49:
+            clock.t += 1
+            hub.tick()
+    held = sum(s.buffer_bytes for _, s in members)
+    # Without the budget: 50 sessions x 512 KiB. With it: the budget, plus at
+    # most one message per session sent since the last sweep trimmed them.
+    assert held <= budget + 50 * 4100, held
+    assert hub.buffered <= budget
+    _, session = members[0]
+    assert not hub.can_replay(session, 1)  # trimmed: a resume from seq 1 is refused
+    assert hub.can_replay(session, session.seq - 1)
+    assert hub.released > 0
+    # The budget frees up: once the sessions end, the full per-session bound is back.
+    for _, s in members[1:]:
+        hub.end(s, "left")
+    clock.t += 1
+    hub.tick()
+    assert hub.buffer_cap == hub.settings.resume_buffer_bytes
+
+
+def test_relayed_size_is_counted_as_encoded(clock: Clock) -> None:
+    """Issue 13 item 6: 20 KB of control characters (a 20 KB MessagePack frame)
+    is 120 KB of JSON once escaped: refused, not stored 6x larger for every member."""
+    hub = make_hub(clock)
+    a, sa = joined(hub, "r", "a")
+    b, _ = joined(hub, "r", "b")
+    before = len(b.frames)
+    hub.receive(sa, {"type": "message", "roomId": "r", "id": 1, "data": "\x01" * 20_000})
+    assert len(b.frames) == before
+    err = a.frames[-1]
+    assert err["type"] == "error" and err["code"] == "invalid-message" and err["id"] == 1
+    # The same bytes as plain text pass.
+    hub.receive(sa, {"type": "message", "roomId": "r", "id": 2, "data": "x" * 20_000})
+    assert b.frames[-1]["data"] == "x" * 20_000

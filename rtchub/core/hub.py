@@ -125,6 +125,15 @@ class Hub:
         self.max_relayed = s.max_message_size + RELAY_ENVELOPE
         #: A byte bucket always holds at least one largest message.
         self.byte_burst = max(s.max_byte_burst, self.max_relayed + FRAME_OVERHEAD)
+        #: Bytes one session's resume buffer may hold now: ``resume_buffer_bytes``,
+        #: or a fair share of ``max_buffered_bytes`` while the total is over it
+        #: (:meth:`_enforce_total`). Kept in one attribute so :meth:`send` pays nothing.
+        self.buffer_cap = s.resume_buffer_bytes
+        #: Bytes held by every resume buffer together, as of the last :meth:`tick`.
+        self.buffered = 0
+        #: Buffer bytes freed since someone last looked (rtchub.memory returns
+        #: freed heap to the OS when this grows large).
+        self.released = 0
 
     # ------------------------------------------------------------------ sessions
     def open(self, sink: Sink | None, *, user_id: str | None = None,
@@ -184,7 +193,7 @@ class Hub:
         buf.append((seq, out.json))
         size = session.buffer_bytes = session.buffer_bytes + body_size
         s = self.settings
-        if len(buf) > s.resume_buffer_messages or size > s.resume_buffer_bytes:
+        if len(buf) > s.resume_buffer_messages or size > self.buffer_cap:
             self._trim(session)
         sink = session.sink
         if sink is not None:
@@ -199,8 +208,8 @@ class Hub:
         """
         s = self.settings
         buf = session.buffer
-        while buf and (len(buf) > s.resume_buffer_messages
-                       or session.buffer_bytes > s.resume_buffer_bytes):
+        cap = self.buffer_cap
+        while buf and (len(buf) > s.resume_buffer_messages or session.buffer_bytes > cap):
             _, dropped = buf.popleft()
             session.buffer_bytes -= len(dropped)
 
@@ -241,6 +250,7 @@ class Hub:
                 self._remove_member(room, session, reason)
         session.rooms.clear()
         session.buffer.clear()
+        self.released += session.buffer_bytes
         session.buffer_bytes = 0
         self.sessions.pop(session.id, None)
         sink = session.sink
@@ -258,6 +268,38 @@ class Hub:
                    if s.detached_at is not None and s.sink is None and s.detached_at <= limit]
         for session in expired:
             self.end(session, session.detach_reason)
+        self._enforce_total()
+
+    def _enforce_total(self) -> None:
+        """Hold every resume buffer together to ``max_buffered_bytes``.
+
+        The policy when the total is over: every session keeps at most an
+        equal share (the budget divided by the sessions), the largest
+        buffers are trimmed at once, and :meth:`send` trims to that share
+        from then on. A session that later resumes from before what its
+        share kept gets ``session-expired``, never a silent gap. Once the
+        total is back under half the budget, the per-session bound is
+        ``resume_buffer_bytes`` again. One pass over the sessions a second,
+        sharing the grace-period sweep's.
+        """
+        s = self.settings
+        budget = s.max_buffered_bytes
+        sessions = self.sessions
+        total = sum(x.buffer_bytes for x in sessions.values())
+        if budget <= 0 or not sessions:
+            self.buffered = total
+            self.buffer_cap = s.resume_buffer_bytes
+            return
+        if total > budget:
+            cap = self.buffer_cap = min(s.resume_buffer_bytes, budget // len(sessions))
+            for session in [x for x in sessions.values() if x.buffer_bytes > cap]:
+                before = session.buffer_bytes
+                self._trim(session)
+                self.released += before - session.buffer_bytes
+                total -= before - session.buffer_bytes
+        elif total <= budget // 2:
+            self.buffer_cap = s.resume_buffer_bytes
+        self.buffered = total
 
     def close(self, session: Session, code: int, reason: str) -> None:
         """Close the transport of a session (the session's fate follows from ``detach``)."""
