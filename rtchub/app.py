@@ -170,7 +170,10 @@ class RtcHub:
     async def start(self) -> None:
         s = self.settings
         logging.getLogger("picows").setLevel(logging.WARNING)
-        self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False)
+        # keepalive_timeout also bounds a second request head trickled on a
+        # kept-alive connection (slowloris; rtchub.auth.limits).
+        self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False,
+                                     keepalive_timeout=s.keepalive_timeout)
         await self._runner.setup()
         http_factory = self._runner.server
         assert http_factory is not None
@@ -178,7 +181,8 @@ class RtcHub:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: PortMux(self._route, ws_factory, http_factory,
-                            admit=self.gatekeeper.limits.admit_connection, loop=loop),
+                            admit=self.gatekeeper.limits.admit_connection,
+                            head_timeout=s.request_timeout, loop=loop),
             host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]
         self.liveness.start()

@@ -74,6 +74,12 @@ class Settings:
     )
     sse_heartbeat: float = field(default=15.0, metadata={"help": "seconds between SSE comment pings"})
     poll_timeout_max: float = field(default=25.0, metadata={"help": "longest long-poll wait, seconds"})
+    request_timeout: float = field(
+        default=10.0, metadata={"help": "seconds to receive a request head or body (slowloris)"}
+    )
+    keepalive_timeout: float = field(
+        default=75.0, metadata={"help": "seconds an idle HTTP keep-alive connection is kept"}
+    )
     max_body_size: int = field(default=256 * 1024, metadata={"help": "bytes per POST body (413)"})
 
     # -- broker -------------------------------------------------------------------

@@ -434,3 +434,91 @@ async def test_never_read_sessions_are_bounded_and_memory_comes_back(server_proc
         after = rss(pid) - base
     # Memory comes back: within 16 MiB of the baseline.
     assert after < 16 * 1024 * 1024, (after, held, base)
+
+
+# -------------------------------------------------------------------- smaller
+async def _raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + body)
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    status, _, rest = data.partition(b"\r\n")
+    return status, rest.partition(b"\r\n\r\n")[2]
+
+
+async def test_a_non_ascii_api_key_is_a_clean_401(make_server, caplog):
+    app = await make_server(api_key="clé-" + "k" * 20)
+    for key in (b"\xe9t\xe9", b"\xc3\xa9t\xc3\xa9", b"\xff\xfe"):
+        status, body = await _raw_request(
+            app.port, b"GET /api/stats HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key +
+            b"\r\nConnection: close\r\n\r\n")
+        assert status == b"HTTP/1.1 401 Unauthorized", (key, status)
+        assert b'"unauthorized"' in body
+    # The right key, sent as the UTF-8 bytes it is, is accepted.
+    status, _ = await _raw_request(
+        app.port, b"GET /api/stats HTTP/1.1\r\nHost: x\r\nX-API-Key: " +
+        ("clé-" + "k" * 20).encode() + b"\r\nConnection: close\r\n\r\n")
+    assert status == b"HTTP/1.1 200 OK"
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+
+
+async def test_send_holds_each_message_to_the_websocket_size_limit(make_server, http):
+    app = await make_server()
+    async with http.post(f"{app.url}/poll/open") as resp:
+        sid = (await resp.json())["sessionId"]
+    url = f"{app.url}/send?session={sid}"
+    async with http.post(url, json={"type": "join", "roomId": "r", "userId": "u"}) as resp:
+        assert resp.status == 202
+    big = {"type": "message", "roomId": "r", "data": "x" * 250_000}
+    for body in (big, [{"type": "ping"}, big]):
+        async with http.post(url, json=body) as resp:
+            assert resp.status == 413
+            err = await resp.json()
+        assert err["type"] == "error" and err["code"] == "invalid-message"
+    assert app.hub.sessions[sid].seq == 1  # room-info: nothing of the refused bodies was taken
+    ok = {"type": "message", "roomId": "r", "data": "x" * 60_000}
+    async with http.post(url, json=ok) as resp:
+        assert resp.status == 202
+
+
+async def test_a_trickled_body_on_send_times_out(make_server):
+    app = await make_server(request_timeout=1.0)
+    sid = app.hub.open(None).id
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(b"POST /send?session=" + sid.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Length: 1000\r\nContent-Type: application/json\r\n\r\n[")
+    answer = b""
+    for _ in range(100):  # one byte every 0.1 s: never done before the timeout
+        try:
+            answer = await asyncio.wait_for(reader.read(100), 0.1)
+        except TimeoutError:
+            writer.write(b" ")
+            continue
+        break
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    writer.close()
+
+
+async def test_a_trickled_second_request_head_times_out(make_server):
+    """After one request on a keep-alive connection, a second head trickled
+    byte by byte is cut off with the keep-alive timeout."""
+    app = await make_server(keepalive_timeout=1.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = await asyncio.wait_for(reader.readuntil(b'"ok"}'), 5)
+    assert first.startswith(b"HTTP/1.1 200")
+    closed = False
+    for ch in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+        try:
+            writer.write(bytes([ch]))
+            data = await asyncio.wait_for(reader.read(100), 0.1)
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            closed = True
+            break
+        if not data:
+            closed = True
+            break
+    assert closed, "the trickled head was still open after 20 s"
+    writer.close()

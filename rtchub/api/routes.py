@@ -71,7 +71,7 @@ class ServerApi:
     def __init__(self, app: RtcHub) -> None:
         self.app = app
         self.hub = app.hub
-        self.key = app.settings.api_key.encode()
+        self.key = app.settings.api_key.encode("utf-8", "surrogateescape")
         self.ops = [
             Operation("GET", "/api/stats", "getStats", "Server statistics", self.stats,
                       {200: (Stats, "counters and gauges of this node")}),
@@ -110,7 +110,11 @@ class ServerApi:
     def _check_key(self, request: web.Request) -> web.Response | None:
         if not self.key:
             return _error(404, "api-disabled", "the server API is off (start with --api-key)")
-        given = request.headers.get("X-API-Key", "").encode()
+        # aiohttp decodes header bytes that are not UTF-8 as lone surrogates
+        # (surrogateescape): encoding them back the same way gives the bytes
+        # that were sent, so any header is compared, none raises (a 500 and
+        # a traceback per request would be a log flood for anyone).
+        given = request.headers.get("X-API-Key", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, self.key):
             return _error(401, "unauthorized", "missing or wrong X-API-Key")
         return None

@@ -24,6 +24,12 @@ the next accept). One IP may hold at most half of that budget, whatever
 ``max_connections_per_ip`` says, so a single host can never lock everyone
 else out.
 
+Slow clients (slowloris) are bounded by time: ``--request-timeout`` for a
+request head (the mux) and a request body (``read_body``); a second head
+trickled on a keep-alive connection by ``--keepalive-timeout``, as aiohttp
+only restarts that clock once a whole head has arrived, so such a
+connection costs no more than an idle keep-alive one.
+
 Behind a reverse proxy every client has the proxy's address: enforce these
 at the proxy instead (nginx ``limit_conn`` / ``limit_req``; docs/deploy.md)
 and set them to 0 here.
@@ -44,16 +50,6 @@ TOO_MANY_REQUESTS = 429
 #: HTTP answer, sent at once, for a connection past the process's fd budget
 #: (RFC 9110 section 15.6.4: a temporary overload, with ``Retry-After``).
 SERVICE_UNAVAILABLE = 503
-#: Seconds a connection may take to send its request head before it is dropped
-#: (slowloris). picows and aiohttp have their own timeouts once they own it.
-HEAD_TIMEOUT = 10.0
-#: Seconds an idle keep-alive connection (aiohttp) is kept between requests.
-#: aiohttp only restarts this clock when a whole request head has arrived, so
-#: it also bounds a second request head trickled byte by byte: such a
-#: connection costs no more than an idle keep-alive one.
-KEEPALIVE_TIMEOUT = 75.0
-#: Seconds a request body (``POST /send``...) may take to arrive (trickled bodies).
-BODY_TIMEOUT = 10.0
 #: Prune idle per-IP state once the table is this big.
 PRUNE_AT = 4096
 #: File descriptors kept free: this share of ``RLIMIT_NOFILE``, at least :data:`MIN_HEADROOM`.
