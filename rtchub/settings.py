@@ -88,6 +88,9 @@ class Settings:
 
     # -- ICE ----------------------------------------------------------------------
     stun_port: int = field(default=3478, metadata={"help": "UDP port of the built-in STUN server (0 = off)"})
+    stun_rate_per_ip: float = field(
+        default=100.0, metadata={"help": "STUN requests/s per source address, burst 2x (0 = no limit)"}
+    )
     stun_host: str = field(default="", metadata={"help": "address for STUN (default: --host)"})
     stun_url: list[str] = field(default_factory=list, metadata={"help": "extra STUN URL (repeatable)"})
     turn_url: list[str] = field(default_factory=list, metadata={"help": "TURN URL (repeatable)"})
