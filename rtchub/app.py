@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from rtchub import api, ice
-from rtchub.auth.gate import Admission, Gatekeeper
+from rtchub.auth.gate import Admission, Gatekeeper, host_middleware
 from rtchub.auth.limits import budget_problems
 from rtchub.broker.cluster import attach_cluster
 from rtchub.core.hub import Hub
@@ -47,7 +47,9 @@ class RtcHub:
         self.hub = Hub(settings, node_id=settings.node_id)
         self.liveness = Liveness(settings.heartbeat, settings.heartbeat_timeout)
         self.gatekeeper = Gatekeeper(settings)
-        self.http = web.Application(client_max_size=settings.max_body_size)
+        self.http = web.Application(
+            client_max_size=settings.max_body_size,
+            middlewares=[host_middleware(self.gatekeeper)] if self.gatekeeper.hosts else [])
         self.http[APP_KEY] = self
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None

@@ -108,6 +108,11 @@ class Settings:
     allowed_origin: list[str] = field(
         default_factory=list, metadata={"help": "allowed Origin (repeatable; '*' allows any)"}
     )
+    allowed_host: list[str] = field(
+        default_factory=list,
+        metadata={"help": "allowed Host name (repeatable; '*.example.com' for subdomains); "
+                          "empty = any. Against DNS rebinding"},
+    )
     certfile: str = field(default="", metadata={"help": "TLS certificate (serves https/wss)"})
     keyfile: str = field(default="", metadata={"help": "TLS private key"})
     max_connections_per_ip: int = field(

@@ -438,9 +438,12 @@ async def test_never_read_sessions_are_bounded_and_memory_comes_back(server_proc
 
 # -------------------------------------------------------------------- smaller
 async def _raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[bytes, bytes]:
+    """Status line and body of one request; a 101 (which stays open) has no body."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(head + body)
-    data = await asyncio.wait_for(reader.read(), 10)
+    data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    if not data.startswith(b"HTTP/1.1 101"):
+        data += await asyncio.wait_for(reader.read(), 10)
     writer.close()
     status, _, rest = data.partition(b"\r\n")
     return status, rest.partition(b"\r\n\r\n")[2]
@@ -522,3 +525,32 @@ async def test_a_trickled_second_request_head_times_out(make_server):
             break
     assert closed, "the trickled head was still open after 20 s"
     writer.close()
+
+
+async def test_allowed_hosts_against_dns_rebinding(make_server):
+    """With --allowed-host, a request for another Host name is refused with 421,
+    on every route and both WebSocket stacks; Origin == Host no longer admits it."""
+    app = await make_server(allowed_host=["chat.example.com", "*.example.org"])
+    ws_head = (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+    for host, want in ((b"rebind.attacker.test", b"421"), (b"127.0.0.1", b"421"),
+                       (b"chat.example.com:8080", None), (b"a.b.example.org", None)):
+        origin = b"Origin: http://" + host + b"\r\n"
+        for head in (b"GET / HTTP/1.1\r\n", b"GET /api/stats HTTP/1.1\r\n",
+                     b"POST /poll/open HTTP/1.1\r\nContent-Length: 0\r\n", ws_head):
+            status, _ = await _raw_request(
+                app.port, head + b"Host: " + host + b"\r\n" + origin + b"Connection: close\r\n\r\n")
+            if want is not None:
+                assert status.split(b" ")[1] == want, (host, head, status)
+            else:
+                assert status.split(b" ")[1] != b"421", (host, head, status)
+        # Probes by address are answered.
+        status, _ = await _raw_request(
+            app.port, b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        assert status == b"HTTP/1.1 200 OK"
+    # Without the option any Host is served, as before.
+    open_app = await make_server()
+    status, _ = await _raw_request(
+        open_app.port, b"GET /api/stats HTTP/1.1\r\nHost: rebind.attacker.test\r\n"
+        b"Connection: close\r\n\r\n")
+    assert status.split(b" ")[1] != b"421"
