@@ -264,6 +264,9 @@ async def test_every_frame_counts_and_a_flood_ends_in_1008(make_server, kind, co
     honest.flush()
     while not any(m.get("type") == "pong" for m in honest.texts):
         await honest.read_once()
+    # The flooder's session ended with its connection: no grace period, no
+    # resume buffer left behind for an attacker who reconnects in a loop.
+    await eventually(lambda: len(app.hub.sessions) == 1)
     c.close()
     honest.close()
 

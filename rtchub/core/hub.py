@@ -350,7 +350,14 @@ class Hub:
         session.strikes += 1
         self.error(session, ProtocolError(ErrorCode.RATE_LIMITED, "too many messages, slow down", msg_id))
         if session.strikes >= self.settings.abuse_strikes:
-            self.close(session, CloseCode.POLICY, "rate limit exceeded repeatedly")
+            self._abuse_close(session)
+
+    def _abuse_close(self, session: Session) -> None:
+        """Close with 1008 and end the session now: a flood earns no grace
+        period, so an attacker who reconnects in a loop leaves no resume
+        buffers behind (each would hold up to ``resume_buffer_bytes``)."""
+        self.close(session, CloseCode.POLICY, "rate limit exceeded repeatedly")
+        self.end(session, "disconnected")
 
     def reject(self, session: Session, err: ProtocolError) -> None:
         """A frame that is not a message at all (invalid JSON or MessagePack):
@@ -372,7 +379,7 @@ class Hub:
             return
         session.strikes += 1
         if session.strikes >= self.settings.abuse_strikes:
-            self.close(session, CloseCode.POLICY, "rate limit exceeded repeatedly")
+            self._abuse_close(session)
 
     def _accepted(self, session: Session, msg_id: Any) -> None:
         if msg_id is not None:
@@ -580,7 +587,7 @@ class Hub:
         if bucket is not None and not bucket.take(self.clock(), size + FRAME_OVERHEAD):
             session.strikes += 1
             if session.strikes >= self.settings.abuse_strikes:
-                self.close(session, CloseCode.POLICY, "rate limit exceeded repeatedly")
+                self._abuse_close(session)
             raise ProtocolError(ErrorCode.RATE_LIMITED,
                                 "too many bytes, slow down: "
                                 f"{self.settings.max_byte_rate:g} bytes/s", msg_id)
