@@ -557,3 +557,33 @@ async def test_allowed_hosts_against_dns_rebinding(make_server):
         open_app.port, b"GET /api/stats HTTP/1.1\r\nHost: rebind.attacker.test\r\n"
         b"Connection: close\r\n\r\n")
     assert status.split(b" ")[1] != b"421"
+
+
+def test_security_doc_states_every_limit_and_its_default():
+    """docs/security.md names every limit setting with its default."""
+    from rtchub.settings import Settings
+
+    doc = (ROOT / "docs" / "security.md").read_text()
+    s = Settings()
+    limits = {
+        "max_connections_per_ip": "1000", "max_handshakes_per_ip": "200 /s",
+        "request_timeout": "10 s", "keepalive_timeout": "75 s", "max_body_size": "256 KiB",
+        "stun_rate_per_ip": "100 /s", "max_message_size": "64 KiB", "max_msg_rate": "50 /s",
+        "abuse_strikes": "100", "max_byte_rate": "32 KiB/s", "max_joins_per_second": "20 /s",
+        "max_pending_bytes": "4 MiB", "max_room_members": "50", "resume_buffer_bytes": "512 KiB",
+        "grace_period": "30 s", "auth_timeout": "5 s", "max_buffered_bytes": "256 MiB",
+    }
+    for name, shown in limits.items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in doc, flag
+        row = next(line for line in doc.splitlines() if line.startswith("|") and flag in line)
+        assert shown in row, (flag, shown, row)
+    # The shown defaults are the real ones.
+    assert (s.max_byte_rate, s.max_byte_burst, s.max_pending_bytes) == (32768, 73728, 4194304)
+    assert s.max_buffered_bytes == 256 * 1024 * 1024 and s.stun_rate_per_ip == 100
+    from rtchub.auth.limits import budget
+
+    b = budget(s)
+    # The budget arithmetic in the doc is what the code computes.
+    assert f"{b['burst']:,.0f}" in doc and f"{b['sustained']:,.0f}" in doc
+    assert "--allowed-host" in doc
