@@ -8,9 +8,9 @@ PORT ?= 8080
 # packages whose binary is missing get installed (node may come from elsewhere).
 SYSTEM_DEPS := /usr/bin/chromium=chromium /usr/bin/redis-server=redis-server \
 	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm \
-	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2
+	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2 /usr/sbin/nginx=nginx
 
-.PHONY: run test test-fast bench lint docs system-deps clean
+.PHONY: run test test-fast bench lint docs system-deps clean wheelhouse
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,9 +24,24 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
+# rtchub's dependencies as wheels: tests/test_wheel.py installs the built
+# wheel into a fresh venv from here, inside tools/netns-run (no network there).
+$(VENV)/wheelhouse/.ready: pyproject.toml | $(BIN)/python
+	rm -rf $(VENV)/wheelhouse
+	$(BIN)/pip wheel -q -w $(VENV)/wheelhouse .
+	rm -f $(VENV)/wheelhouse/rtchub-*.whl
+	touch $@
+
+wheelhouse: $(VENV)/wheelhouse/.ready
+
 # The bench's Node load client and reference relay (the test suite smoke-tests them).
 bench/node_modules/.installed: bench/package.json bench/package-lock.json
 	cd bench && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The real PeerJS browser client for tests/e2e/test_peerjs_browser.py (test-only).
+tests/e2e/peerjs/node_modules/.installed: tests/e2e/peerjs/package.json tests/e2e/peerjs/package-lock.json
+	cd tests/e2e/peerjs && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # apt-get only when something is missing and we may (root); otherwise say what is missing.
@@ -43,7 +58,8 @@ system-deps:
 run: $(VENV)/.installed
 	$(BIN)/rtchub serve --host $(HOST) --port $(PORT)
 
-test: system-deps $(VENV)/.installed-test bench/node_modules/.installed
+test: system-deps $(VENV)/.installed-test bench/node_modules/.installed $(VENV)/wheelhouse/.ready \
+	tests/e2e/peerjs/node_modules/.installed
 	$(BIN)/ruff check rtchub tests
 	tools/netns-run $(BIN)/python -m pytest -q -rfE
 
@@ -57,9 +73,11 @@ bench: system-deps $(VENV)/.installed-test bench/node_modules/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check rtchub tests
 
-# Regenerate the README's configuration table from rtchub/settings.py.
+# Regenerate the README's configuration table from rtchub/settings.py, and the
+# browser SDK's protocol names from rtchub/protocol/constants.py.
 docs: $(VENV)/.installed
 	$(BIN)/python tools/readme_table.py
+	$(BIN)/python -m rtchub.protocol.constants > rtchub/web/sdk/protocol.js
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts

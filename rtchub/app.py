@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from rtchub import api, ice
+from rtchub import api, ice, peerjs
 from rtchub.auth.gate import Admission, Gatekeeper, host_middleware
 from rtchub.auth.limits import budget_problems
 from rtchub.broker.cluster import attach_cluster
@@ -27,7 +27,7 @@ from rtchub.memory import HeapReturner
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
-from rtchub.transports import http_common as http_transports
+from rtchub.transports import http_routes as http_transports
 from rtchub.transports.liveness import Liveness
 from rtchub.transports.mux import WS_PATHS, PortMux, RequestHead, picows_protocol_factory
 from rtchub.transports.ws import PicowsEndpoint
@@ -83,8 +83,10 @@ class RtcHub:
         api.setup(self)
         for path in ("/ws", "/signaling"):
             r.add_get(path, self._aiohttp_ws)
-        # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_common).
+        # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_routes).
         http_transports.register(self)
+        # The PeerJS server API under --peerjs-path (rtchub.peerjs).
+        peerjs.setup(self)
         if (WEB_ROOT / "index.html").exists():
             r.add_get("/", self._index)
         if WEB_ROOT.exists():
@@ -132,7 +134,7 @@ class RtcHub:
             # does not speak. We answer without one; clients fall back to JSON.
             pass
         endpoint = PicowsEndpoint(
-            self.hub, self.liveness, SUBPROTOCOLS.get(chosen or "", JSON), peer,
+            self.hub, self.liveness, SUBPROTOCOLS.get(chosen or "", JSON), verdict.client,
             claims=verdict.claims, user_id=verdict.user_id, display_name=verdict.display_name)
         extra = CIMultiDict()
         if chosen:
@@ -142,6 +144,9 @@ class RtcHub:
     async def _aiohttp_ws(self, request: web.Request) -> web.StreamResponse:
         verdict = self.admit(request.headers, dict(request.query), request.remote or "",
                              first_message_auth=True)
+        if verdict.ok and not self.gatekeeper.hold_connection(
+                request.transport, request.remote or "", verdict.client):
+            verdict = Admission(429, "too many connections from this address")
         if not verdict.ok:
             return verdict.http_response()
         ws = web.WebSocketResponse(
@@ -150,7 +155,7 @@ class RtcHub:
         await ws.prepare(request)
         endpoint = AiohttpEndpoint(
             self.hub, self.liveness, SUBPROTOCOLS.get(ws.ws_protocol or "", JSON),
-            request.remote or "", ws, claims=verdict.claims, user_id=verdict.user_id,
+            verdict.client, ws, claims=verdict.claims, user_id=verdict.user_id,
             display_name=verdict.display_name)
         await endpoint.run()
         return ws
@@ -169,7 +174,9 @@ class RtcHub:
         ctx.load_cert_chain(s.certfile, s.keyfile or None)
         return ctx
 
-    async def start(self) -> None:
+    async def start(self, *, listen: bool = True) -> None:
+        """Start the services and listen on ``host:port``; ``listen=False`` starts
+        everything but the socket (rtchub.asgi serves through the host app's server)."""
         s = self.settings
         logging.getLogger("picows").setLevel(logging.WARNING)
         # keepalive_timeout also bounds a second request head trickled on a
@@ -179,22 +186,30 @@ class RtcHub:
         await self._runner.setup()
         http_factory = self._runner.server
         assert http_factory is not None
-        ws_factory = picows_protocol_factory(self._picows_listener, max_frame_size=s.max_message_size)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: PortMux(self._route, ws_factory, http_factory,
-                            admit=self.gatekeeper.limits.admit_connection,
-                            head_timeout=s.request_timeout, loop=loop),
-            host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True, backlog=4096)
-        self.port = self._server.sockets[0].getsockname()[1]
+        if listen:
+            ws_factory = picows_protocol_factory(self._picows_listener, max_frame_size=s.max_message_size)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: PortMux(self._route, ws_factory, http_factory,
+                                admit=self.gatekeeper.admit_connection,
+                                head_timeout=s.request_timeout, loop=loop),
+                host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True, backlog=4096)
+            self.port = self._server.sockets[0].getsockname()[1]
         self.liveness.start()
         self._ticker.start()
         for service in self.services:
             await service.start()
         for problem in budget_problems(s):
             log.warning("limits contradict each other: %s (docs/security.md, \"The budget\")", problem)
-        log.info("rtchub listening on %s://%s:%d (node %s)",
-                 "https" if s.certfile else "http", s.host, self.port, self.hub.node_id)
+        if listen:
+            log.info("rtchub listening on %s://%s:%d (node %s)",
+                     "https" if s.certfile else "http", s.host, self.port, self.hub.node_id)
+
+    @property
+    def http_protocol_factory(self) -> Any:
+        """aiohttp's protocol factory for the HTTP routes (set by :meth:`start`)."""
+        assert self._runner is not None and self._runner.server is not None, "start() first"
+        return self._runner.server
 
     async def stop(self) -> None:
         """Graceful shutdown: 1001 to every client, then close within ``shutdown_timeout``."""

@@ -1,8 +1,10 @@
-"""Server settings: one dataclass, exposed as CLI flags and ``RTCHUB_<NAME>`` env vars.
+"""Server settings: one dataclass, exposed as CLI flags, ``RTCHUB_<NAME>`` env vars and config keys.
 
 Every field is an option of ``rtchub serve`` (``max_msg_rate`` ->
-``--max-msg-rate`` / ``RTCHUB_MAX_MSG_RATE``). List fields are repeatable flags;
-in the environment they are comma-separated. The defaults are what
+``--max-msg-rate`` / ``RTCHUB_MAX_MSG_RATE`` / ``max-msg-rate = ...`` in the
+``--config`` file, :mod:`rtchub.config`). List fields are repeatable flags;
+in the environment they are comma-separated, in the file TOML arrays. Fields
+with ``metadata["secret"]`` are masked by ``rtchub config show``. The defaults are what
 ``make run`` serves with and are explained in the README's configuration table.
 """
 
@@ -95,14 +97,31 @@ class Settings:
     stun_url: list[str] = field(default_factory=list, metadata={"help": "extra STUN URL (repeatable)"})
     turn_url: list[str] = field(default_factory=list, metadata={"help": "TURN URL (repeatable)"})
     turn_secret: list[str] = field(
-        default_factory=list, metadata={"help": "TURN REST shared secret (repeatable; first signs)"}
+        default_factory=list,
+        metadata={"secret": True, "help": "TURN REST shared secret (repeatable; first signs)"}
     )
     turn_ttl: int = field(default=86400, metadata={"help": "seconds TURN credentials stay valid"})
     public_host: str = field(default="", metadata={"help": "host name put into ICE URLs"})
 
+    # -- PeerJS compatibility (docs/peerjs.md) ----------------------------------
+    peerjs_path: str = field(
+        default="/peerjs", metadata={"help": "where the PeerJS server API is served ('' = off)"}
+    )
+    peerjs_key: str = field(default="peerjs", metadata={"help": "the key PeerJS clients must give"})
+    peerjs_discovery: bool = field(
+        default=False, metadata={"help": "GET {peerjs-path}/{key}/peers lists the connected peer ids"}
+    )
+    peerjs_expire_timeout: float = field(
+        default=5.0, metadata={"help": "seconds a message waits for a PeerJS peer to connect (EXPIRE)"}
+    )
+    peerjs_max_peers: int = field(
+        default=5000, metadata={"help": "PeerJS peers per key (its room's member limit)"}
+    )
+
     # -- security -----------------------------------------------------------------
     auth: str = field(default="none", metadata={"help": "none or jwt"})
-    jwt_secret: str = field(default="", metadata={"help": "HS256 secret for --auth jwt"})
+    jwt_secret: str = field(
+        default="", metadata={"secret": True, "help": "HS256 secret for --auth jwt"})
     jwt_public_key: str = field(default="", metadata={"help": "PEM file for RS256/ES256 tokens"})
     auth_timeout: float = field(default=5.0, metadata={"help": "seconds to send an auth message"})
     allowed_origin: list[str] = field(
@@ -113,6 +132,13 @@ class Settings:
         metadata={"help": "allowed Host name (repeatable; '*.example.com' for subdomains); "
                           "empty = any. Against DNS rebinding"},
     )
+    forwarded_allow_ips: list[str] = field(
+        default_factory=list,
+        metadata={"help": "reverse proxies (IPs or networks, repeatable; '*' = any) whose "
+                          "client-address header is believed (docs/deploy.md)"})
+    forwarded_header: str = field(
+        default="x-forwarded-for",
+        metadata={"help": "header those proxies append the client to: x-forwarded-for or forwarded"})
     certfile: str = field(default="", metadata={"help": "TLS certificate (serves https/wss)"})
     keyfile: str = field(default="", metadata={"help": "TLS private key"})
     max_connections_per_ip: int = field(
@@ -129,9 +155,11 @@ class Settings:
     )
 
     # -- server API, hooks ----------------------------------------------------------
-    api_key: str = field(default="", metadata={"help": "key for /api and /admin (empty = API off)"})
+    api_key: str = field(
+        default="", metadata={"secret": True, "help": "key for /api and /admin (empty = API off)"})
     webhook_url: list[str] = field(default_factory=list, metadata={"help": "webhook target (repeatable)"})
-    webhook_secret: str = field(default="", metadata={"help": "HMAC-SHA256 key for webhook signatures"})
+    webhook_secret: str = field(
+        default="", metadata={"secret": True, "help": "HMAC-SHA256 key for webhook signatures"})
     join_hook_url: str = field(default="", metadata={"help": "URL asked to allow each join"})
     join_hook_timeout: float = field(default=2.0, metadata={"help": "seconds to wait for the join hook"})
     join_hook_failure: str = field(default="deny", metadata={"help": "allow or deny when the hook fails"})
@@ -171,11 +199,12 @@ def from_env(environ: dict[str, str] | None = None, **overrides: Any) -> Setting
 
 def markdown_table() -> str:
     """The README's configuration table, generated so it cannot drift from the code."""
-    rows = ["| flag | env | default | meaning |", "|---|---|---|---|"]
+    rows = ["| flag / file key | env | default | meaning |", "|---|---|---|---|"]
     for f in fields():
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = "" if default in ("", []) else str(default).lower() if isinstance(default, bool) else default
-        rows.append(f"| `--{f.name.replace('_', '-')}` | `RTCHUB_{f.name.upper()}` | "
+        key = f.name.replace("_", "-")
+        rows.append(f"| `--{key}` / `{key}` | `RTCHUB_{f.name.upper()}` | "
                     f"{f'`{shown}`' if shown != '' else '—'} | {f.metadata.get('help', '')} |")
     return "\n".join(rows)
 

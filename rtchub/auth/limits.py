@@ -30,9 +30,9 @@ trickled on a keep-alive connection by ``--keepalive-timeout``, as aiohttp
 only restarts that clock once a whole head has arrived, so such a
 connection costs no more than an idle keep-alive one.
 
-Behind a reverse proxy every client has the proxy's address: enforce these
-at the proxy instead (nginx ``limit_conn`` / ``limit_req``; docs/deploy.md)
-and set them to 0 here.
+Behind a reverse proxy every client has the proxy's address: list the proxy
+in ``--forwarded-allow-ips`` and the limits count the client it names
+(:mod:`rtchub.auth.forwarded`, :meth:`rtchub.auth.gate.Gatekeeper.admit_connection`).
 """
 
 from __future__ import annotations
@@ -107,43 +107,75 @@ class Limits:
         _prune_closed(self.all)
         return len(self.all)
 
-    def admit_connection(self, transport: asyncio.BaseTransport) -> int:
-        """The :class:`~rtchub.transports.mux.PortMux` hook, called on every accept.
+    def admit_fd(self, transport: asyncio.BaseTransport) -> int:
+        """Count ``transport`` in the process's fd budget: 0, or 503 when it is spent.
 
-        Returns 0 to admit, a negative number to drop at once (over the
-        per-IP cap: answering would cost what the cap saves), 503 to answer
-        at once (the process is near its fd limit: say so, then close), or
-        429 to answer once the request head arrived (over the rate: the
-        client learns to back off rather than seeing a reset). The
-        connection is counted before any of these, so a flood of
-        connections is counted whatever answer it is waiting for.
+        Called on every accept, before anything else (a trusted proxy's
+        connection included): near ``RLIMIT_NOFILE`` the answer is 503 at
+        once, so that the descriptors left stay free.
         """
         every = self.all
+        if transport in every:
+            return 0  # asked again with the request head (a trusted proxy's connection)
         if len(every) >= self.max_open and self.open_connections() >= self.max_open:
             self.refused["overload"] += 1
             return SERVICE_UNAVAILABLE
-        peer = transport.get_extra_info("peername")
-        ip = peer[0] if peer else ""
-        cap = self.per_ip
-        if cap > 0:
-            conns = self.open.get(ip)
-            if conns is None:
-                conns = self.open[ip] = set()
-            elif len(conns) >= cap:
-                _prune_closed(conns)
-                if len(conns) >= cap:
-                    self.refused["connections"] += 1
-                    return -1
-            conns.add(transport)
         every.add(transport)
         if len(every) >= self._prune_all_at:
             # Amortised O(1): the set is swept each time it doubled since the last sweep.
             _prune_closed(every)
             self._prune_all_at = max(PRUNE_AT, 2 * len(every))
+        return 0
+
+    def admit_connection(self, transport: asyncio.BaseTransport, ip: str | None = None,
+                         count: bool = True) -> int:
+        """One more connection from ``ip`` (default: the TCP peer's address).
+
+        Returns 0 to admit, a negative number to drop at once (over the
+        per-IP cap: answering would cost what the cap saves), 503 to answer
+        at once (the process is near its fd limit: say so, then close), or
+        429 to answer once the request head arrived (over the rate: the
+        client learns to back off rather than seeing a reset). ``count``:
+        keep the connection in ``ip``'s open connections while it lives; it
+        is counted before the rate is asked, so a flood of connections is
+        counted whatever answer it is waiting for.
+        """
+        if self.admit_fd(transport):
+            return SERVICE_UNAVAILABLE
+        if ip is None:
+            peer = transport.get_extra_info("peername")
+            ip = peer[0] if peer else ""
+        cap = self.per_ip
+        if cap > 0:
+            conns = self.open.get(ip)
+            if conns is None:
+                conns = self.open[ip] = set()
+            elif len(conns) >= cap and transport not in conns:
+                _prune_closed(conns)
+                if len(conns) >= cap:
+                    self.refused["connections"] += 1
+                    return -1
+            if count:
+                conns.add(transport)
         if not self._take(self.conn_buckets, ip, self.settings.max_handshakes_per_ip):
             self.refused["handshakes"] += 1
             return TOO_MANY_REQUESTS
         return 0
+
+    def hold(self, transport: asyncio.BaseTransport, ip: str) -> bool:
+        """Count ``transport`` among ``ip``'s open connections, unless that is over the cap.
+
+        For a connection whose client is known only after accept: a WebSocket
+        upgraded on a reverse proxy's pooled keep-alive connection.
+        """
+        cap = self.per_ip
+        if cap <= 0 or transport in self.open.get(ip, ()):
+            return True
+        if self.connections(ip) >= cap:
+            self.refused["connections"] += 1
+            return False
+        self.open.setdefault(ip, set()).add(transport)
+        return True
 
     # --------------------------------------------------------------- sessions
     def admit_session(self, ip: str) -> bool:

@@ -80,11 +80,16 @@ def evaluate(rows: list[Metric], quick: bool, skipped: dict[str, str]) -> list[T
         q = cross / single if cross and single else None
         add("cross-node over Redis", "≥ 0.5× single node", q, bool(q and q >= 0.5),
             f"{q:.2f}×" if q else "")
+    native = find(rows, "asgi", "delivered msgs/s")
+    mounted = find(rows, "asgi", "delivered msgs/s", "rtchub-asgi")
+    q = mounted / native if mounted and native else None
+    out.append(Target("relay through the ASGI mount (FastAPI + uvicorn)", "report (× native)",
+                      f"{q:.2f}× native" if q else "not measured", None if q is None else True))
     return out
 
 
 def report_markdown(meta: dict[str, Any], rows: list[Metric], targets: list[Target],
-                    skipped: dict[str, str], servers: list[str]) -> str:
+                    skipped: dict[str, str], servers: list[str], chart: str | None = None) -> str:
     v = meta["versions"]
     mach = meta["machine"]
     lines = [
@@ -112,6 +117,9 @@ def report_markdown(meta: dict[str, Any], rows: list[Metric], targets: list[Targ
         markdown_table(rows, servers),
         "",
     ]
+    if chart:
+        lines += [f"![The headline comparisons of this run, one panel per metric ({chart})]({chart})",
+                  ""]
     if skipped:
         lines += [f"- {name}: not run: {why}" for name, why in skipped.items()] + [""]
     lines += ["## Targets (issue 10)", "", targets_table(targets), ""]
@@ -138,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
 
     say(f"rtchub bench: {', '.join(scenarios)} on {', '.join(servers)} (nofile {limit})")
     outcome = run_all(Plan(quick=args.quick, servers=tuple(servers)), scenarios, say)
+    if "asgi" in scenarios:
+        # The asgi scenario's second server gets a column of its own.
+        servers.append("rtchub-asgi")
     rows: list[Metric] = outcome["rows"]
     targets = evaluate(rows, args.quick, outcome["skipped"])
     command = "rtchub bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "rtchub bench"
@@ -152,7 +163,18 @@ def run(args: argparse.Namespace) -> int:
         if notes_file.exists():
             meta["notes"] = notes_file.read_text()
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(report_markdown(meta, rows, targets, outcome["skipped"], servers))
+        # The same-run comparison as a picture, next to the report (rtchub.bench.chart).
+        from rtchub.bench.chart import caption_for, draw, values_from_rows
+
+        chart = Path(args.write).with_suffix(".png")
+        drawn = None
+        try:
+            draw(values_from_rows(rows), servers, chart, caption_for(meta))
+            drawn = chart.name
+        except ValueError as exc:  # nothing measured that the chart shows
+            say(f"no chart: {exc}")
+        Path(args.write).write_text(
+            report_markdown(meta, rows, targets, outcome["skipped"], servers, chart=drawn))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         payload = dict(meta, results=outcome["raw"], skipped=outcome["skipped"],

@@ -11,6 +11,9 @@ Sizes (full / ``--quick``):
   connection, compression off and on;
 - ``fanout``: one room of 200, ``message`` broadcast by 4 senders;
 - ``cross-node``: ``relay`` across two rtchub nodes sharing Redis;
+- ``asgi``: ``relay`` on the native server and on rtchub mounted in a
+  FastAPI app under uvicorn (:mod:`rtchub.bench.asgi_app`), one after the
+  other in the same run: the ratio is what docs/asgi.md quotes;
 - ``abuse``: rtchub alone, with its default limits: an honest client's
   ``ping`` -> ``pong`` time while each flood of issue 13 runs
   (:mod:`rtchub.bench.abuse`, 4 s / 2 s each), next to the idle figure.
@@ -28,7 +31,9 @@ from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary
 
 log = logging.getLogger("rtchub.bench")
 
-SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "abuse")
+SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "asgi", "abuse")
+#: The two servers of the ``asgi`` scenario: the native one, then the ASGI mount.
+ASGI_SERVERS = ("rtchub", "rtchub-asgi")
 
 
 @dataclass
@@ -85,7 +90,7 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
             metric.notes[server] = note
         raw[name] = value
 
-    if scenario in ("relay", "cross-node", "fanout"):
+    if scenario in ("relay", "cross-node", "fanout", "asgi"):
         rate = r.get("msgsPerSec") if scenario != "fanout" else r.get("deliveriesPerSec")
         delivered = r.get("delivered") or 0
         name = "deliveries/s" if scenario == "fanout" else "delivered msgs/s"
@@ -156,6 +161,18 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
             except runner.BenchError as exc:
                 skipped[scenario] = f"failed: {str(exc).splitlines()[0]}"
                 say(f"cross-node: {skipped[scenario]}")
+            continue
+        if scenario == "asgi":
+            for kind in ASGI_SERVERS:
+                say(f"asgi: {kind} ...")
+                try:
+                    with runner.serving(kind) as server:
+                        run = runner.run_client(server, relay_config(plan))
+                except runner.BenchError as exc:
+                    say(f"asgi: {kind} failed: {exc}")
+                    raw.setdefault("asgi", {})[kind] = {"error": str(exc)[:2000]}
+                    continue
+                raw.setdefault("asgi", {})[kind] = metrics_for(scenario, "", kind, run, rows)
             continue
         for variant, cfg, server_opts in configs[scenario]:
             label = scenario + (f" ({variant})" if variant else "")
