@@ -369,6 +369,11 @@ async def flood(name: str, target: Target, seconds: float) -> dict[str, int]:
     return await RUNNERS[name](target, seconds)
 
 
+def flood_in_process(name: str, port: int, stun_port: int, seconds: float, results: Any) -> None:
+    """:func:`flood` as a child process's main (``multiprocessing``): puts its counts on ``results``."""
+    results.put(asyncio.run(flood(name, Target(port, stun_port), seconds)))
+
+
 async def probe(url: str, seconds: float, every: float = 0.02, timeout: float = 10.0) -> list[float]:
     """An honest WebSocket client's ``ping`` -> ``pong`` times, in ms, for ``seconds``.
 

@@ -201,6 +201,7 @@ def run_abuse(plan: Plan, rows: dict[tuple[str, str], Metric],
     STUN on; the floods come from 127.0.0.2, the probe from 127.0.0.1.
     """
     import asyncio
+    import multiprocessing
     import sys
 
     from rtchub.bench import abuse
@@ -223,10 +224,18 @@ def run_abuse(plan: Plan, rows: dict[tuple[str, str], Metric],
     async def measure(name: str | None) -> dict[str, Any]:
         if name is None:
             return {"probe": abuse.summary(await abuse.probe(url, seconds))}
-        flood = asyncio.create_task(abuse.flood(name, target, seconds))
-        await asyncio.sleep(0.2)  # let the flood get going first
-        rtts = await abuse.probe(url, seconds - 0.2)
-        return {"probe": abuse.summary(rtts), "flood": await flood}
+        # The flood runs in its own process: sharing the probe's event loop
+        # would add the flood's own work to every probe time.
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        flooder = ctx.Process(target=abuse.flood_in_process,
+                              args=(name, target.port, target.stun_port, seconds, results))
+        flooder.start()
+        await asyncio.sleep(0.5)  # let the flood get going first
+        rtts = await abuse.probe(url, seconds - 0.5)
+        flooded = await asyncio.to_thread(results.get, True, seconds + 60)
+        await asyncio.to_thread(flooder.join, 10)
+        return {"probe": abuse.summary(rtts), "flood": flooded}
 
     try:
         rss0 = server.rss()
