@@ -45,7 +45,8 @@ class RtcHub:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = Hub(settings, node_id=settings.node_id)
-        self.liveness = Liveness(settings.heartbeat, settings.heartbeat_timeout)
+        self.liveness = Liveness(settings.heartbeat, settings.heartbeat_timeout,
+                                 pending_budget=settings.max_buffered_bytes)
         self.gatekeeper = Gatekeeper(settings)
         self.http = web.Application(
             client_max_size=settings.max_body_size,

@@ -587,3 +587,37 @@ def test_security_doc_states_every_limit_and_its_default():
     # The budget arithmetic in the doc is what the code computes.
     assert f"{b['burst']:,.0f}" in doc and f"{b['sustained']:,.0f}" in doc
     assert "--allowed-host" in doc
+
+
+async def test_output_queued_for_all_connections_is_bounded(make_server, http):
+    """Issue 13 item 6: each slow reader is under --max-pending-bytes, but together
+    they are over --max-buffered-bytes: the ones holding the most are dropped."""
+    import secrets
+
+    from tests.test_limits import StalledClient
+
+    app = await make_server(max_buffered_bytes=1024 * 1024, max_pending_bytes=16 * 1024 * 1024,
+                            max_msg_rate=0, grace_period=30)
+    stalled = []
+    for i in range(2):
+        c = StalledClient(app.ws_url, deflate=False)
+        await c.connect(app.port)
+        await c.send({"type": "join", "roomId": "r", "userId": f"slow{i}"})
+        stalled.append(c)
+    flooder = await http.ws_connect(app.ws_url)
+    await flooder.send_json({"type": "join", "roomId": "r", "userId": "flooder"})
+    await eventually(lambda: "r" in app.hub.rooms and len(app.hub.rooms["r"].members) == 3)
+    sinks = [app.hub.rooms["r"].members[f"slow{i}"].session.sink for i in range(2)]
+    sent = 0
+    # Up to 12 MB to each: the kernel takes a few MB per socket, the rest
+    # queues in the server, under the 16 MiB per-connection cap.
+    while sent < 4000 and not any(s.closing for s in sinks):
+        await flooder.send_json({"type": "message", "roomId": "r", "data": secrets.token_hex(1500)})
+        sent += 1
+        if sent % 50 == 0:
+            await asyncio.sleep(0.05)
+    await eventually(lambda: any(s.closing for s in sinks), timeout=10)
+    assert all(s._pending_bytes() < 16 * 1024 * 1024 for s in sinks)
+    for c in stalled:
+        c.sock.close()
+    await flooder.close()
