@@ -8,9 +8,12 @@ PORT ?= 8080
 # packages whose binary is missing get installed (node may come from elsewhere).
 SYSTEM_DEPS := /usr/bin/chromium=chromium /usr/bin/redis-server=redis-server \
 	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm \
-	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2 /usr/sbin/nginx=nginx
+	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2 /usr/sbin/nginx=nginx \
+	/usr/bin/janus=janus /usr/bin/janus-pp-rec=janus-tools /usr/bin/ffmpeg=ffmpeg
+# What `make run` needs: Janus, so that an SFU call (--sfu local) works out of the box.
+RUN_DEPS := /usr/bin/janus=janus
 
-.PHONY: run test test-fast bench lint docs system-deps clean wheelhouse
+.PHONY: run test test-fast bench lint docs system-deps run-deps install-deps clean wheelhouse
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,7 +49,13 @@ tests/e2e/peerjs/node_modules/.installed: tests/e2e/peerjs/package.json tests/e2
 
 # apt-get only when something is missing and we may (root); otherwise say what is missing.
 system-deps:
-	@missing=""; for pair in $(SYSTEM_DEPS); do bin=$${pair%%=*}; pkg=$${pair#*=}; \
+	@$(MAKE) --no-print-directory install-deps DEPS="$(SYSTEM_DEPS)"
+
+run-deps:
+	@$(MAKE) --no-print-directory install-deps DEPS="$(RUN_DEPS)"
+
+install-deps:
+	@missing=""; for pair in $(DEPS); do bin=$${pair%%=*}; pkg=$${pair#*=}; \
 	  command -v $$(basename $$bin) >/dev/null 2>&1 || [ -x $$bin ] || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -55,8 +64,14 @@ system-deps:
 	  else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
+# SFU=local (default) starts a supervised Janus, installed when missing; SFU= runs
+# without one (mesh only), and so does a machine where Janus cannot be installed.
+SFU ?= local
 run: $(VENV)/.installed
-	$(BIN)/rtchub serve --host $(HOST) --port $(PORT)
+	@[ -z "$(SFU)" ] || $(MAKE) --no-print-directory run-deps || \
+	  echo "rtchub: Janus is not installed: serving without an SFU (mesh rooms only)"
+	@sfu=""; if [ -n "$(SFU)" ] && command -v janus >/dev/null 2>&1; then sfu="--sfu $(SFU)"; fi; \
+	exec $(BIN)/rtchub serve --host $(HOST) --port $(PORT) $$sfu
 
 test: system-deps $(VENV)/.installed-test bench/node_modules/.installed $(VENV)/wheelhouse/.ready \
 	tests/e2e/peerjs/node_modules/.installed

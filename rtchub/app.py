@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from rtchub import api, ice, peerjs
+from rtchub import api, ice, peerjs, sfu
 from rtchub.auth.gate import Admission, Gatekeeper, host_middleware
 from rtchub.auth.limits import budget_problems
 from rtchub.broker.cluster import attach_cluster
@@ -71,6 +71,8 @@ class RtcHub:
             self.services.append(self.stun)
         #: Cluster glue when --broker names a shared broker (None for memory): rtchub.broker.
         self.cluster = attach_cluster(self)
+        #: The SFU (rtchub.sfu): media modes, publish/subscribe through Janus.
+        self.sfu = sfu.setup(self)
         self.port = settings.port
         self._setup_routes()
 

@@ -21,8 +21,9 @@ needed on their side):
   the broker may also call ``app.metrics.broker_published(n)``,
   ``app.metrics.broker_received(n)`` and, for the publish-to-receive delay it
   measures, ``app.metrics.broker_lag(seconds)``;
-* the STUN server's ``stats`` dict (``rtchub.ice.stun.STAT_KEYS``) and the
-  webhook sender's ``stats`` dict are read at scrape time.
+* the STUN server's ``stats`` dict (``rtchub.ice.stun.STAT_KEYS``), the
+  webhook sender's ``stats`` dict and the SFU's (``app.sfu``: servers up,
+  peers, events, local Janus restarts) are read at scrape time.
 """
 
 from __future__ import annotations
@@ -253,6 +254,7 @@ class HubCollector(Collector):
         yield m.broker_lag_seconds.family("rtchub_broker_lag_seconds",
                                           "publish-to-receive delay of broker messages")
         yield from self._webhooks(app)
+        yield from self._sfu(app)
 
     @staticmethod
     def _stun(app: RtcHub) -> Iterable[Metric]:
@@ -282,6 +284,24 @@ class HubCollector(Collector):
                                   value=stats.get("ignored", 0))
         yield CounterMetricFamily("rtchub_stun_internal_errors", "bugs caught in the STUN path",
                                   value=stats.get("internal_errors", 0))
+
+    @staticmethod
+    def _sfu(app: RtcHub) -> Iterable[Metric]:
+        sfu = getattr(app, "sfu", None)
+        if sfu is None or not sfu.servers:
+            return
+        fam = GaugeMetricFamily("rtchub_sfu_up", "1 while rtchub is connected to this Janus server",
+                                labels=["server"])
+        for key, server in sfu.servers.items():
+            fam.add_metric([key], 1 if server.live else 0)
+        yield fam
+        yield GaugeMetricFamily("rtchub_sfu_peers", "members with media on an SFU, on this node",
+                                value=len(sfu.peers))
+        yield _counter("rtchub_sfu_events", "SFU publishes, subscription changes, media resets "
+                       "(a Janus lost) and refused SFU requests", "event", sfu.stats)
+        if sfu.local is not None:
+            yield CounterMetricFamily("rtchub_sfu_local_restarts", "restarts of the --sfu local Janus",
+                                      value=sfu.local.restarts)
 
     @staticmethod
     def _webhooks(app: RtcHub) -> Iterable[Metric]:

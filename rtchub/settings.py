@@ -103,6 +103,26 @@ class Settings:
     turn_ttl: int = field(default=86400, metadata={"help": "seconds TURN credentials stay valid"})
     public_host: str = field(default="", metadata={"help": "host name put into ICE URLs"})
 
+    # -- media: SFU (docs/sfu.md) ---------------------------------------------------
+    media_mode: str = field(
+        default="mesh", metadata={"help": "media mode of new rooms: mesh (peer-to-peer) or sfu"}
+    )
+    sfu: str = field(default="", metadata={"help": "'local' starts and supervises a Janus child"})
+    sfu_url: list[str] = field(
+        default_factory=list, metadata={"help": "Janus WebSocket API URL, ws://host:8188 (repeatable)"}
+    )
+    sfu_api_secret: str = field(
+        default="", metadata={"secret": True, "help": "api_secret of the --sfu-url servers"})
+    max_sfu_room_members: int = field(
+        default=100, metadata={"help": "members per SFU room (--max-room-members is the mesh limit)"}
+    )
+    sfu_rtp_ports: str = field(default="20000-40000", metadata={"help": "RTP port range of --sfu local"})
+    sfu_ice_ip: str = field(
+        default="", metadata={"help": "--sfu local gathers ICE only on this address/interface"}
+    )
+    sfu_nat_ip: str = field(default="", metadata={"help": "--sfu local: public IP of a 1:1 NAT"})
+    sfu_ws_port: int = field(default=0, metadata={"help": "--sfu local API port on 127.0.0.1 (0 = free)"})
+
     # -- PeerJS compatibility (docs/peerjs.md) ----------------------------------
     peerjs_path: str = field(
         default="/peerjs", metadata={"help": "where the PeerJS server API is served ('' = off)"}

@@ -58,7 +58,7 @@ def test_every_type_the_server_sends_is_listed() -> None:
     """A server message type written anywhere in the server must be in SERVER_TYPES
     (the browser registers SSE listeners from it: ``token-expiring`` was missing)."""
     sent: set[str] = set()
-    for part in ("core", "auth", "transports"):
+    for part in ("core", "auth", "transports", "sfu"):
         for path in (ROOT / "rtchub" / part).rglob("*.py"):
             sent |= set(re.findall(r'"type": "([a-z-]+)"', path.read_text()))
     assert sent, "the scan found nothing: the pattern is out of date"

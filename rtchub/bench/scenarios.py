@@ -14,6 +14,8 @@ Sizes (full / ``--quick``):
 - ``asgi``: ``relay`` on the native server and on rtchub mounted in a
   FastAPI app under uvicorn (:mod:`rtchub.bench.asgi_app`), one after the
   other in the same run: the ratio is what docs/asgi.md quotes;
+- ``sfu``: join -> first remote frame, mesh vs SFU, rtchub CPU per SFU join,
+  Janus CPU per forwarded stream (rtchub.bench.sfu, inside tools/netns-run);
 - ``abuse``: rtchub alone, with its default limits: an honest client's
   ``ping`` -> ``pong`` time while each flood of issue 13 runs
   (:mod:`rtchub.bench.abuse`, 4 s / 2 s each), next to the idle figure.
@@ -31,7 +33,7 @@ from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary
 
 log = logging.getLogger("rtchub.bench")
 
-SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "asgi", "abuse")
+SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "asgi", "sfu", "abuse")
 #: The two servers of the ``asgi`` scenario: the native one, then the ASGI mount.
 ASGI_SERVERS = ("rtchub", "rtchub-asgi")
 
@@ -124,6 +126,25 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
     return raw
 
 
+def sfu_rows(plan: Plan, rows: dict[tuple[str, str], Metric]) -> dict[str, Any]:
+    """The SFU scenario's numbers as rows of the rtchub column (rtchub.bench.sfu)."""
+    from rtchub.bench.sfu import run_in_namespace
+
+    r = run_in_namespace(plan.quick)
+
+    def put(name: str, unit: str, value: float | None) -> None:
+        metric = rows.setdefault(("sfu", name), Metric("sfu", name, unit, False))
+        metric.values["rtchub"] = value
+
+    put("join → first remote frame p50, mesh (2 parties)", "ms", r["mesh_first_frame_ms"]["p50"])
+    put("join → first remote frame p99, mesh (2 parties)", "ms", r["mesh_first_frame_ms"]["p99"])
+    put("join → first remote frame p50, SFU", "ms", r["sfu_first_frame_ms"]["p50"])
+    put("join → first remote frame p99, SFU", "ms", r["sfu_first_frame_ms"]["p99"])
+    put("rtchub CPU per SFU join", "ms", r["rtchub_cpu_ms_per_sfu_join"])
+    put(f"Janus CPU per forwarded stream ({r['stream']})", "% of a core", r["janus_cpu_pct_per_stream"])
+    return r
+
+
 def broker_available() -> str | None:
     """Why cross-node cannot run, or None when ``--broker redis://`` is implemented."""
     import importlib.util
@@ -140,6 +161,14 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
     skipped: dict[str, str] = {}
     configs = scenario_configs(plan)
     for scenario in scenarios:
+        if scenario == "sfu":
+            say("sfu: aiortc bots and Janus in a private network namespace ...")
+            try:
+                raw[scenario] = sfu_rows(plan, rows)
+            except Exception as exc:  # Janus missing, no namespace: say so, run the rest
+                skipped[scenario] = f"failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                say(f"sfu: {skipped[scenario]}")
+            continue
         if scenario == "abuse":
             say("abuse: rtchub under each flood, an honest probe alongside ...")
             try:

@@ -22,7 +22,13 @@ CLIENT_TYPES = ("join", "leave", "message", "ping", "auth", "resume", *RELAY_TYP
 SERVER_TYPES = (
     "welcome", "room-info", "user-joined", "user-left", *RELAY_TYPES, "message",
     "pong", "ack", "error", "resumed", "token-expiring", "close",
+    # SFU rooms (docs/protocol.md "SFU media"; rtchub.sfu)
+    "publish-answer", "subscribe-offer", "media-candidate", "tracks", "tracks-published",
+    "tracks-unpublished", "track-muted", "media-reset",
 )
+#: Client -> server message types of SFU rooms (registered by rtchub.sfu with Hub.register).
+SFU_CLIENT_TYPES = ("publish", "unpublish", "subscribe", "unsubscribe", "subscribe-answer",
+                    "media-candidate", "ice-restart", "mute")
 #: Request header naming the session on the HTTP transports; preferred to
 #: ``?session=`` so that the id stays out of URLs that proxies log.
 SESSION_HEADER = "X-RtcHub-Session"
