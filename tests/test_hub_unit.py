@@ -528,3 +528,27 @@ def test_polling_sink_refuses_a_resume_message(clock: Clock) -> None:
     assert sink.last() == {"seq": 1, "type": "error", "code": "invalid-message",
                            "message": "resume by polling", "id": 3}
     assert old.state is State.DETACHED
+
+
+def test_a_room_bigger_than_max_room_members_shares_one_byte_budget(clock: Clock) -> None:
+    """Issue 13 item 5: in a room allowed 100 members (an SFU room, a room cap),
+    99 senders may not send a member more than 49 could in an ordinary room."""
+    hub = make_hub(clock)
+    hub.room_caps["big"] = 100
+    members = [joined(hub, "big", f"u{i}") for i in range(100)]
+    sink0, _ = members[0]
+    before = len(sink0.frames)
+    blob = "x" * 60_000
+    for _, session in members[1:]:
+        hub.receive(session, {"type": "message", "roomId": "big", "data": blob})
+    got = sum(len(f.get("data", "")) for f in sink0.frames[before:] if f["type"] == "message")
+    budget = 49 * hub.byte_burst
+    assert 0 < got <= budget, (got, budget)
+    # In an ordinary room nothing changes: every member's one message passes.
+    hub2 = make_hub(clock)
+    small = [joined(hub2, "r", f"v{i}") for i in range(50)]
+    s0, _ = small[0]
+    n0 = len(s0.frames)
+    for _, session in small[1:]:
+        hub2.receive(session, {"type": "message", "roomId": "r", "data": blob})
+    assert sum(f["type"] == "message" for f in s0.frames[n0:]) == 49

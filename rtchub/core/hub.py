@@ -611,19 +611,23 @@ class Hub:
         m.relay_payload(msg["type"], msg, msg_id)
         target = self._target(room, msg, msg_id)
         out = Outgoing(self._stamped(session, msg))
-        self._spend(session, out, msg_id)
+        self._spend(session, out, msg_id, room)
         self.send(target.session, out)
         if msg_id is not None:
             self._accepted(session, msg_id)
 
-    def _spend(self, session: Session, out: Outgoing, msg_id: Any) -> None:
+    def _spend(self, session: Session, out: Outgoing, msg_id: Any, room: Room) -> None:
         """Charge a relayed message to its sender, at its encoded size.
 
         What a member receives from a room is bounded by what its members
         may send: ``max_byte_rate`` per sender sustained, ``byte_burst`` at
         once, counted as stored and sent (the JSON body), not as received.
-        docs/security.md "The budget" has the arithmetic that makes this
-        fit every member's ``max_pending_bytes``.
+        A room allowed more members than ``max_room_members`` (an SFU room,
+        a room with its own cap) also has a room-wide bucket, the sum of
+        ``max_room_members - 1`` senders', so its members are never sent
+        more than those of a full ordinary room. docs/security.md "The
+        budget" has the arithmetic that makes this fit every member's
+        ``max_pending_bytes``.
         """
         size = len(out.json)  # encodes once; cached for every recipient
         if size > self.max_relayed:
@@ -631,13 +635,29 @@ class Hub:
                                 f"message too big once encoded ({size} bytes, at most "
                                 f"{self.max_relayed})", msg_id)
         bucket = session.byte_bucket
-        if bucket is not None and not bucket.take(self.clock(), size + FRAME_OVERHEAD):
-            session.strikes += 1
-            if session.strikes >= self.settings.abuse_strikes:
-                self._abuse_close(session)
-            raise ProtocolError(ErrorCode.RATE_LIMITED,
-                                "too many bytes, slow down: "
-                                f"{self.settings.max_byte_rate:g} bytes/s", msg_id)
+        if bucket is None:
+            return
+        now = self.clock()
+        cost = size + FRAME_OVERHEAD
+        shared = room.byte_bucket
+        senders = self.settings.max_room_members - 1
+        if shared is None and len(room.members) > senders + 1:
+            shared = room.byte_bucket = TokenBucket(senders * self.settings.max_byte_rate,
+                                                    senders * self.byte_burst, now)
+        if shared is not None and not shared.take(now, cost):
+            self._over_bytes(session, msg_id)
+        if not bucket.take(now, cost):
+            if shared is not None:
+                shared.tokens += cost  # not sent: the room's bytes are not spent
+            self._over_bytes(session, msg_id)
+
+    def _over_bytes(self, session: Session, msg_id: Any) -> None:
+        session.strikes += 1
+        if session.strikes >= self.settings.abuse_strikes:
+            self._abuse_close(session)
+        raise ProtocolError(ErrorCode.RATE_LIMITED,
+                            f"too many bytes, slow down: {self.settings.max_byte_rate:g} bytes/s",
+                            msg_id)
 
     @staticmethod
     def _stamped(session: Session, msg: dict[str, Any]) -> dict[str, Any]:
@@ -663,7 +683,7 @@ class Hub:
         if echo is not None and type(echo) is not bool:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "echo must be a boolean", msg_id)
         out = Outgoing(self._stamped(session, msg))
-        self._spend(session, out, msg_id)
+        self._spend(session, out, msg_id, room)
         if msg.get("to") is not None:
             self.send(self._target(room, msg, msg_id).session, out)
             if echo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rtchub.core.ratelimit import TokenBucket
     from rtchub.core.session import Session
 
 
@@ -28,13 +29,16 @@ MEDIA_MODES = ("mesh", "sfu")
 class Room:
     """A named set of members; exists while it has at least one."""
 
-    __slots__ = ("id", "members", "created_at", "media")
+    __slots__ = ("id", "members", "created_at", "media", "byte_bucket")
 
     def __init__(self, room_id: str, now: float, media: str = "mesh") -> None:
         self.id = room_id
         self.members: dict[str, Member] = {}
         self.created_at = now
         self.media = media
+        #: Bytes the whole room may relay, only for rooms larger than
+        #: ``max_room_members`` (Hub._spend); None otherwise.
+        self.byte_bucket: TokenBucket | None = None
 
     def info(self, joiner: str) -> dict[str, Any]:
         """``room-info`` for ``joiner``: who is already there, the joiner excluded."""
