@@ -19,19 +19,23 @@ from multidict import CIMultiDict
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from rtchub import api, ice, peerjs, sfu
+from rtchub.api.routes import ServerApi
 from rtchub.auth.gate import Admission, Gatekeeper, host_middleware
 from rtchub.auth.limits import budget_problems
-from rtchub.broker.cluster import attach_cluster
+from rtchub.broker.cluster import Cluster, make_cluster
 from rtchub.core.hub import Hub
 from rtchub.memory import HeapReturner
+from rtchub.metrics import Metrics
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
+from rtchub.transports import http_common
 from rtchub.transports import http_routes as http_transports
 from rtchub.transports.liveness import Liveness
 from rtchub.transports.mux import WS_PATHS, PortMux, RequestHead, picows_protocol_factory
 from rtchub.transports.ws import PicowsEndpoint
 from rtchub.transports.ws_aiohttp import AiohttpEndpoint
+from rtchub.webhooks import JoinHook, WebhookSender
 
 log = logging.getLogger("rtchub")
 WEB_ROOT = Path(__file__).parent / "web"
@@ -41,6 +45,7 @@ APP_KEY: web.AppKey[RtcHub] = web.AppKey("rtchub")
 
 class RtcHub:
     """A running (or ready to run) rtchub server."""
+
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -69,10 +74,25 @@ class RtcHub:
         self.stun = ice.stun_service(settings)
         if self.stun is not None:
             self.services.append(self.stun)
-        #: Cluster glue when --broker names a shared broker (None for memory): rtchub.broker.
-        self.cluster = attach_cluster(self)
+        #: The cluster node when --broker names a shared broker (None for memory):
+        #: rtchub.broker. A POST /send or /close forwarded from another node is
+        #: taken as the HTTP transports take their own.
+        hub = self.hub
+        self.cluster: Cluster | None = make_cluster(
+            hub, settings.broker,
+            receive_batch=hub.receive_all,
+            close_session=lambda session: http_common.close_session(hub, session))
+        if self.cluster is not None:
+            cluster = self.cluster
+            self.services.append(cluster)
+            self.ready_checks.append(("broker", lambda: cluster.ready))
         #: The SFU (rtchub.sfu): media modes, publish/subscribe through Janus.
         self.sfu = sfu.setup(self)
+        # The server API's parts, built here and hooked in by rtchub.api.setup.
+        self.metrics = Metrics(self)
+        self.webhooks = WebhookSender(self)
+        self.join_hook: JoinHook | None = JoinHook(self) if settings.join_hook_url else None
+        self.api = ServerApi(self)
         self.port = settings.port
         self._setup_routes()
 
@@ -177,9 +197,11 @@ class RtcHub:
         ctx.load_cert_chain(s.certfile, s.keyfile or None)
         return ctx
 
-    async def start(self, *, listen: bool = True) -> None:
+    async def start(self, *, listen: bool = True, reuse_port: bool = False) -> None:
         """Start the services and listen on ``host:port``; ``listen=False`` starts
-        everything but the socket (rtchub.asgi serves through the host app's server)."""
+        everything but the socket (rtchub.asgi serves through the host app's server);
+        ``reuse_port``: a worker of ``--workers``, sharing its port with the others
+        through SO_REUSEPORT."""
         s = self.settings
         logging.getLogger("picows").setLevel(logging.WARNING)
         # keepalive_timeout also bounds a second request head trickled on a
@@ -196,7 +218,8 @@ class RtcHub:
                 lambda: PortMux(self._route, ws_factory, http_factory,
                                 admit=self.gatekeeper.admit_connection,
                                 head_timeout=s.request_timeout, loop=loop),
-                host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True, backlog=4096)
+                host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True,
+                reuse_port=reuse_port or None, backlog=4096)
             self.port = self._server.sockets[0].getsockname()[1]
         self.liveness.start()
         self._ticker.start()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rtchub import __version__
 from rtchub.config import CONFIG_ENV, ConfigError, Resolved, resolve, show_json, show_text
@@ -23,10 +25,13 @@ from rtchub.settings import Settings, field_type, fields, parse_value
 
 log = logging.getLogger("rtchub")
 
-#: Extra subcommands: name -> (help, add_arguments(parser), run(args) -> exit code).
-#: Modules register here instead of growing this file.
-SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
-                             Callable[[argparse.Namespace], int]]] = {}
+#: Extra subcommands: name -> (help, module). The module is imported only when
+#: the command line is parsed, and provides ``add_arguments(parser)`` and
+#: ``run(args) -> exit code``; nothing registers itself at import time.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "token": ("mint a JWT for development", "rtchub.auth.tokens"),
+    "bench": ("measure rtchub against reference relays (make bench)", "rtchub.bench.cli"),
+}
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "show", help="print every setting's effective value and where it came from (secrets masked)")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_settings_arguments(show)
-    for name, (help_text, add_args, _) in SUBCOMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text))
+    for name, module in _subcommands().items():
+        module.add_arguments(sub.add_parser(name, help=SUBCOMMANDS[name][0]))
     return parser
 
 
@@ -94,7 +99,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings, stop: asyncio.Event | None = None, *,
+                reuse_port: bool = False) -> None:
+    """Run one server until SIGTERM/SIGINT (``reuse_port``: one of ``--workers``)."""
     from rtchub.app import create_app
 
     try:
@@ -104,11 +111,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(ValueError):  # SIGINT ignored in a worker: keep it so
+            loop.add_signal_handler(sig, stop.set)
     if settings.auth == "none" and not _is_loopback(settings.host):
         log.warning("auth is 'none' and the server listens on %s: anyone who can reach it may "
                     "join any room. Use --auth jwt for anything but development.", settings.host)
-    await app.start()
+    await app.start(reuse_port=reuse_port)
     _tune_gc()
     print(f"rtchub {__version__} serving on {app.url} (WebSocket {app.ws_url})", flush=True)
     await stop.wait()
@@ -153,7 +161,6 @@ def _tune_gc() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_subcommands()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("serve", "config"):
@@ -166,25 +173,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         settings = resolved.settings
         setup_logging(settings.log_level, settings.log_format)
+        if settings.workers > 1:
+            from rtchub import workers
+
+            return workers.run(settings)
         _install_uvloop()
         try:
             asyncio.run(serve(settings))
         except ConfigError as exc:
             parser.exit(2, f"rtchub: configuration error: {with_source(str(exc), resolved)}\n")
         return 0
-    return SUBCOMMANDS[args.command][2](args)
+    return _subcommands()[args.command].run(args)
 
 
-def _load_subcommands() -> None:
-    """Import the modules that register subcommands (kept optional and lazy)."""
+def _subcommands() -> dict[str, Any]:
+    """The modules of :data:`SUBCOMMANDS` (one whose extra dependencies are missing is left out)."""
     import importlib
 
-    for module in ("rtchub.auth.tokens", "rtchub.bench.cli"):
+    found: dict[str, Any] = {}
+    for name, (_, module) in SUBCOMMANDS.items():
         try:
-            importlib.import_module(module)
+            found[name] = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name is None or not exc.name.startswith("rtchub"):
+            if exc.name is None or exc.name.startswith("rtchub"):
                 raise
+    return found
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -138,7 +138,7 @@ class Metrics(HubObserver):
 
     def sent(self) -> dict[str, int]:
         """Messages sent to clients, by type (the hub's counts plus ``welcome``)."""
-        out = dict(getattr(self.app.hub, "sent", {}))
+        out = dict(self.app.hub.sent)
         for k, v in self.extra_sent.items():
             out[k] = out.get(k, 0) + v
         return out
@@ -237,8 +237,8 @@ class HubCollector(Collector):
             "time from a relayed message reaching the hub to it being handed to the "
             "recipients' transports")
         yield from self._stun(app)
-        cluster = getattr(app, "cluster", None)
-        cstats = getattr(cluster, "stats", None) or {}
+        cluster = app.cluster
+        cstats = cluster.stats if cluster is not None else {}
         yield CounterMetricFamily("rtchub_broker_published", "messages published to the broker",
                                   value=m.broker_published_total + cstats.get("published", 0))
         yield CounterMetricFamily("rtchub_broker_received", "messages received from the broker",
@@ -250,7 +250,7 @@ class HubCollector(Collector):
             yield CounterMetricFamily("rtchub_broker_dropped", "broker messages dropped",
                                       value=cstats.get("dropped", 0))
             yield GaugeMetricFamily("rtchub_broker_ready", "1 while the broker link is up",
-                                    value=1 if getattr(cluster, "ready", False) else 0)
+                                    value=1 if cluster.ready else 0)
         yield m.broker_lag_seconds.family("rtchub_broker_lag_seconds",
                                           "publish-to-receive delay of broker messages")
         yield from self._webhooks(app)
@@ -259,7 +259,7 @@ class HubCollector(Collector):
     @staticmethod
     def _stun(app: RtcHub) -> Iterable[Metric]:
         stats: dict[str, int] = {}
-        servers = [getattr(app, "stun", None)] + [s for s in app.services
+        servers = [app.stun] + [s for s in app.services
                                                   if type(s).__name__ == "StunServer"]
         seen: set[int] = set()
         for server in servers:
@@ -287,7 +287,7 @@ class HubCollector(Collector):
 
     @staticmethod
     def _sfu(app: RtcHub) -> Iterable[Metric]:
-        sfu = getattr(app, "sfu", None)
+        sfu = app.sfu
         if sfu is None or not sfu.servers:
             return
         fam = GaugeMetricFamily("rtchub_sfu_up", "1 while rtchub is connected to this Janus server",
@@ -305,7 +305,7 @@ class HubCollector(Collector):
 
     @staticmethod
     def _webhooks(app: RtcHub) -> Iterable[Metric]:
-        sender = getattr(app, "webhooks", None)
+        sender = app.webhooks
         if sender is None:
             return
         s = sender.stats
@@ -318,31 +318,9 @@ class HubCollector(Collector):
                                   value=s["dropped"])
         yield GaugeMetricFamily("rtchub_webhook_queue", "webhook events waiting to be sent",
                                 value=sender.queued())
-        hook = getattr(app, "join_hook", None)
+        hook = app.join_hook
         if hook is not None:
             yield _counter("rtchub_join_hook", "join hook decisions by outcome", "outcome", hook.stats)
-
-
-def install_relay_timer(hub: Any, hist: FastHistogram) -> None:
-    """Time ``hub.receive`` for relayed types into ``hist``.
-
-    Transports call ``hub.receive`` through the hub instance, so an instance
-    attribute wraps every transport without touching the core. The cost per
-    message is two ``perf_counter`` calls and a bisect.
-    """
-    inner = hub.receive
-    perf = time.perf_counter
-    timed = TIMED_TYPES
-    observe = hist.observe
-
-    def receive(session: Any, msg: Any) -> None:
-        t0 = perf()
-        inner(session, msg)
-        # ``type`` may be any JSON value (a list is unhashable): check it is a str.
-        if type(msg) is dict and type(mtype := msg.get("type")) is str and mtype in timed:
-            observe(perf() - t0)
-
-    hub.receive = receive
 
 
 class ConnectionLog(HubObserver):
@@ -410,13 +388,11 @@ class ConnectionLog(HubObserver):
         self._emit("room-left", session, sink=sink, room=room.id, reason=reason)
 
 
-def setup_metrics(app: RtcHub) -> Metrics:
-    """Create ``app.metrics``, hook it into the hub and serve ``GET /metrics``."""
-    metrics = Metrics(app)
-    app.metrics = metrics
+def setup_metrics(app: RtcHub, metrics: Metrics) -> None:
+    """Hook ``metrics`` (built by the app) into the hub and serve ``GET /metrics``."""
     app.hub.observers.append(metrics)
     app.hub.observers.append(ConnectionLog())
-    install_relay_timer(app.hub, metrics.relay_latency)
+    app.hub.time_receive(metrics.relay_latency.observe, TIMED_TYPES)
 
     async def metrics_handler(request: web.Request) -> web.Response:
         resp = web.Response(body=generate_latest(metrics.registry))
@@ -424,4 +400,3 @@ def setup_metrics(app: RtcHub) -> Metrics:
         return resp
 
     app.http.router.add_get("/metrics", metrics_handler)
-    return metrics

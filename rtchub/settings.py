@@ -24,7 +24,9 @@ class Settings:
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
     log_format: str = field(default="text", metadata={"help": "text or json"})
     node_id: str = field(default="", metadata={"help": "name of this node (default: random)"})
-    workers: int = field(default=1, metadata={"help": "processes; 1 keeps one process per server"})
+    workers: int = field(default=1, metadata={
+        "help": "processes on one port (SO_REUSEPORT), each a cluster node; more than 1 needs "
+                "--broker redis://"})
 
     # -- protocol limits (docs/protocol.md "Limits") ----------------------------
     max_message_size: int = field(

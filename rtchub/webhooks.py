@@ -285,20 +285,13 @@ class JoinHook:
                                           req.msg_id))
 
 
-def setup_webhooks(app: RtcHub) -> None:
-    """Attach the webhook sender (``app.webhooks``) and, if configured, the join hook."""
-    sender = WebhookSender(app)
-    app.webhooks = sender
+def setup_webhooks(app: RtcHub, sender: WebhookSender, hook: JoinHook | None) -> None:
+    """Hook the webhook sender and, if configured, the join hook (both built by the app)."""
     app.services.append(sender)
     if sender.urls:
         app.hub.observers.append(sender)
         if app.cluster is not None:
-            app.cluster.track_first = True
-            app.cluster.room_finished.append(
-                lambda room_id: sender.emit("room_finished", roomId=room_id))
-    app.join_hook = None
-    if app.settings.join_hook_url:
-        hook = JoinHook(app)
-        app.join_hook = hook
+            app.cluster.watch_rooms(lambda room_id: sender.emit("room_finished", roomId=room_id))
+    if hook is not None:
         app.services.append(hook)
         app.hub.join_gates.append(hook.gate)

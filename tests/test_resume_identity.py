@@ -293,7 +293,7 @@ async def test_cross_node_foreign_resume_does_not_disturb_a_live_session(nodes: 
     sid = (await alice.expect("welcome"))["sessionId"]
     await alice.send({"type": "join", "roomId": room_name()})
     await alice.expect("room-info")
-    await eventually(lambda: sid in a.cluster.meta_known)
+    await eventually(lambda: sid in a.cluster.out.meta_known)
     thief = await Raw.open(b, path=f"/ws?token={token('mallory')}")
     await thief.expect("welcome")
     await thief.send({"type": "resume", "sessionId": sid, "lastSeq": 0, "id": "r"})

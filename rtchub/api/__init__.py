@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from rtchub.api.routes import ServerApi
 from rtchub.metrics import setup_metrics
 from rtchub.webhooks import setup_webhooks
 
@@ -24,11 +23,11 @@ ADMIN_PAGE = Path(__file__).resolve().parent.parent / "web" / "admin" / "index.h
 
 
 def setup(app: RtcHub) -> None:
-    setup_metrics(app)
-    setup_webhooks(app)
-    api = ServerApi(app)
-    app.api = api
-    api.register(app.http.router)
+    """Hook the parts the app built (``app.metrics``, ``app.webhooks``, ``app.join_hook``,
+    ``app.api``) into the hub and the router."""
+    setup_metrics(app, app.metrics)
+    setup_webhooks(app, app.webhooks, app.join_hook)
+    app.api.register(app.http.router)
 
     async def admin(request: web.Request) -> web.StreamResponse:
         resp = web.FileResponse(ADMIN_PAGE)

@@ -195,21 +195,21 @@ class ServerApi:
     # ------------------------------------------------------------- handlers
     def stats(self) -> Stats:
         app = self.app
-        metrics = getattr(app, "metrics", None)
+        metrics = app.metrics
         hub = self.hub
-        conns = metrics.connections() if metrics is not None else {}
-        webhooks = getattr(app, "webhooks", None)
+        conns = metrics.connections()
+        webhooks = app.webhooks
         return Stats(
             node=hub.node_id, version=__version__,
-            uptime_seconds=max(0.0, time.time() - metrics.started) if metrics else 0.0,
+            uptime_seconds=max(0.0, time.time() - metrics.started),
             sessions=len(hub.sessions), sessions_detached=len(hub.sessions) - sum(conns.values()),
             connections=conns, rooms=len(hub.rooms),
             members=sum(len(r.members) for r in hub.rooms.values()),
-            messages_received=sum(metrics.received.values()) if metrics else 0,
-            messages_sent=sum(metrics.sent().values()) if metrics else 0,
-            errors=sum(metrics.errors.values()) if metrics else 0,
-            webhook_queue=webhooks.queued() if webhooks else 0,
-            webhook_failures=webhooks.stats["failures"] if webhooks else 0,
+            messages_received=sum(metrics.received.values()),
+            messages_sent=sum(metrics.sent().values()),
+            errors=sum(metrics.errors.values()),
+            webhook_queue=webhooks.queued(),
+            webhook_failures=webhooks.stats["failures"],
         )
 
     def rooms(self, query: RoomsQuery) -> RoomList:

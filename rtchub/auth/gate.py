@@ -163,6 +163,8 @@ class Gatekeeper:
         elif settings.auth != "none":
             raise ValueError(f"--auth must be none or jwt, not {settings.auth!r}")
         self.expiry: TokenClock | None = None
+        #: The hub whose sessions ``authenticate`` fixes the identity of (set by ``install``).
+        self.hub: Hub | None = None
 
     # ------------------------------------------------------------ handshake
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
@@ -308,7 +310,8 @@ class Gatekeeper:
         if self.verifier is None:
             return
         hub: Hub = app.hub
-        hub.authenticate = self.authenticate
+        self.hub = hub
+        hub.use_authenticator(self.authenticate)
         hub.join_gates.insert(0, room_grant_gate)
         self.expiry = TokenClock(hub, self.settings)
         hub.observers.append(self.expiry)
@@ -326,11 +329,8 @@ class Gatekeeper:
         sub = claims["sub"]
         if session.user_fixed and session.user_id != sub:
             raise ProtocolError(ErrorCode.FORBIDDEN, "token is for another user than this session")
-        session.user_id = sub
-        session.user_fixed = True
-        if claims.get("name") and session.display_name is None:
-            session.display_name = claims["name"]
-        session.claims = claims
+        assert self.hub is not None
+        self.hub.set_identity(session, sub, claims, claims.get("name") or None)
         if self.expiry is not None:
             self.expiry.schedule(session)
 

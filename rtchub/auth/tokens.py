@@ -182,10 +182,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register() -> None:
-    from rtchub.cli import SUBCOMMANDS
-
-    SUBCOMMANDS["token"] = ("mint a JWT for development", _add_arguments, _run)
-
-
-_register()
+#: ``rtchub token`` (listed in rtchub.cli.SUBCOMMANDS): arguments and entry point.
+add_arguments = _add_arguments
+run = _run

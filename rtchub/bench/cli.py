@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from rtchub.bench.stats import SERVERS, Metric, Target, markdown_table, targets_table, text_table
-from rtchub.cli import SUBCOMMANDS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,6 +79,11 @@ def evaluate(rows: list[Metric], quick: bool, skipped: dict[str, str]) -> list[T
         q = cross / single if cross and single else None
         add("cross-node over Redis", "≥ 0.5× single node", q, bool(q and q >= 0.5),
             f"{q:.2f}×" if q else "")
+        c = find(rows, "cross-node", "server CPU per msg")
+        s = find(rows, "relay", "server CPU per msg")
+        q = c / s if c and s else None
+        add("cross-node CPU per message (both nodes + Redis)", "≤ 2.5× single node", q,
+            bool(q and q <= 2.5), f"{q:.2f}× ({c:.2f} µs vs {s:.2f} µs)" if q and c and s else "")
     native = find(rows, "asgi", "delivered msgs/s")
     mounted = find(rows, "asgi", "delivered msgs/s", "rtchub-asgi")
     q = mounted / native if mounted and native else None
@@ -183,4 +187,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS["bench"] = ("measure rtchub against reference relays (make bench)", add_arguments, run)

@@ -122,7 +122,11 @@ class Server:
         return [p.pid for p in self.procs]
 
     def cpu(self) -> float:
-        return sum(cpu_seconds(pid) for pid in self.pids())
+        return sum(self.cpu_parts().values())
+
+    def cpu_parts(self) -> dict[int, float]:
+        """CPU seconds of each process (pid -> seconds), for a breakdown by process."""
+        return {pid: cpu_seconds(pid) for pid in self.pids()}
 
     def rss(self) -> int:
         return sum(rss_bytes(pid) for pid in self.pids())
@@ -238,6 +242,8 @@ def start_cluster(broker_probe_timeout: float = 10.0) -> Server:
 class ClientRun:
     result: dict[str, Any]
     server_cpu: float | None = None  # server CPU seconds inside the window
+    #: The same by process, in the order of ``Server.procs`` (two nodes, then Redis).
+    server_cpu_parts: list[float] | None = None
     rss_before: int | None = None
     rss_after: int | None = None
 
@@ -259,6 +265,7 @@ def run_client(server: Server, config: dict[str, Any], *, timeout: float = 240.0
     assert proc.stdout is not None and proc.stdin is not None
     deadline = time.monotonic() + timeout + 10
     cpu0 = None
+    parts0: dict[int, float] = {}
     try:
         while True:
             left = deadline - time.monotonic()
@@ -275,9 +282,12 @@ def run_client(server: Server, config: dict[str, Any], *, timeout: float = 240.0
                 raise BenchError(f"load client exited without a result: {err[-2000:]}")
             line = line.strip()
             if line == "EVENT measure-start":
-                cpu0 = server.cpu()
+                parts0 = server.cpu_parts()
+                cpu0 = sum(parts0.values())
             elif line == "EVENT measure-end" and cpu0 is not None:
-                run.server_cpu = server.cpu() - cpu0
+                parts1 = server.cpu_parts()
+                run.server_cpu = sum(parts1.values()) - cpu0
+                run.server_cpu_parts = [parts1[p] - parts0[p] for p in server.pids()]
             elif line == "EVENT ready":
                 time.sleep(settle)
                 run.rss_after = server.rss()

@@ -99,6 +99,11 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
         put(name, "", True, rate, _client_note(r))
         cpu_us = (run.server_cpu / delivered * 1e6) if run.server_cpu is not None and delivered else None
         put("server CPU per msg", "µs", False, cpu_us)
+        parts = run.server_cpu_parts
+        if scenario == "cross-node" and parts and len(parts) == 3 and delivered:
+            # Where a cross-node message's CPU goes: the two nodes and Redis.
+            put("server CPU per msg: the two nodes", "µs", False, (parts[0] + parts[1]) / delivered * 1e6)
+            put("server CPU per msg: Redis", "µs", False, parts[2] / delivered * 1e6)
         put("p50 latency", "ms", False, lat["p50_ms"])
         put("p99 latency", "ms", False, lat["p99_ms"])
         put("client CPU", "% of a core", False, (r.get("clientCpu") or 0) * 100)

@@ -1,6 +1,6 @@
 """The Broker interface: what a cluster of rtchub nodes needs from shared storage.
 
-The :class:`~rtchub.broker.cluster.Cluster` holds all the routing logic; an
+The cluster (rtchub.broker.cluster and its parts) holds the routing logic; an
 engine only has to provide these operations, each with the semantics written
 on it (the Redis engine makes the ones marked *atomic* Lua scripts). Two
 engines exist: :mod:`rtchub.broker.memory` (one process; several hubs of one
@@ -41,7 +41,7 @@ class Claim:
     status: str
     #: Join version: a cluster-wide counter, larger for later joins. A member
     #: learns of members with a smaller version from ``room-info`` and of the
-    #: others from ``user-joined`` (see Cluster._deliver).
+    #: others from ``user-joined`` (see Directory.wanted).
     version: int = 0
     #: The directory entry this claim replaced (a holder in its grace period,
     #: or on a dead node): its session is told to give the seat up.

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
 import orjson
 
 from rtchub.broker.base import ANY, Broker, Claim, Op, SessionState
+from rtchub.broker.ops import reroute
 
 
 class MemoryBus:
@@ -48,16 +48,8 @@ class MemoryBus:
     def forward(self, node: str, payload: bytes) -> None:
         if self.publish(node, payload):
             return
-        for op in msgpack.unpackb(payload, raw=False):
-            if op[0] != "d":
-                continue
-            room, minv, body, did = op[1], op[2], op[3], op[4]
-            for sid in op[5:]:
-                owner = self.sessions.get(sid, {}).get("node")
-                if owner and owner != node and self.publish(
-                        owner, msgpack.packb([["d", room, minv, body, did, sid]])):
-                    continue
-                self.inboxes.setdefault(sid, []).append(msgpack.packb([room, minv, body, did]))
+        reroute(payload, node, lambda sid: self.sessions.get(sid, {}).get("node"),
+                self.publish, lambda sid, entry: self.inboxes.setdefault(sid, []).append(entry))
 
 
 _BUSES: dict[str, MemoryBus] = {}

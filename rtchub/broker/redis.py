@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from rtchub.broker.base import ANY, Broker, BrokerDown, Claim, Op, SessionState
+from rtchub.broker.ops import DELIVER_FIRST_SID, DELIVER_TAG
 
 log = logging.getLogger("rtchub.broker")
 
@@ -106,31 +107,34 @@ return {e.v, redis.call('HGETALL', rk)}
 # Publish to a node; when nobody listens (the node died or is reconnecting),
 # reroute each delivery to its session's current node, or park it in the
 # session's inbox. One script, so a node subscribing concurrently either gets
-# the message or finds it in the inbox it drains after subscribing.
+# the message or finds it in the inbox it drains after subscribing. The layout
+# of a delivery op comes from rtchub.broker.ops (tests/test_ops.py pins it).
 _FORWARD = """
 local p = ARGV[1]
 local n = redis.call('PUBLISH', p .. 'n:' .. ARGV[2], ARGV[3])
 if n > 0 then return n end
 for _, op in ipairs(cmsgpack.unpack(ARGV[3])) do
-  if op[1] == 'd' then
-    for i = 6, #op do
+  if op[1] == '$TAG' then
+    for i = $FIRST, #op do
       local sid = op[i]
       local owner = redis.call('HGET', p .. 's:' .. sid, 'node')
       local sent = 0
       if owner and owner ~= ARGV[2] then
         sent = redis.call('PUBLISH', p .. 'n:' .. owner,
-                          cmsgpack.pack({{'d', op[2], op[3], op[4], op[5], sid}}))
+                          cmsgpack.pack({{'$TAG', $FIELDS, sid}}))
       end
       if sent == 0 then
         local ik = p .. 'i:' .. sid
-        redis.call('RPUSH', ik, cmsgpack.pack({op[2], op[3], op[4], op[5]}))
+        redis.call('RPUSH', ik, cmsgpack.pack({$FIELDS}))
         redis.call('PEXPIRE', ik, ARGV[4])
       end
     end
   end
 end
 return 0
-"""
+""".replace("$TAG", DELIVER_TAG).replace(
+    "$FIRST", str(DELIVER_FIRST_SID + 1)).replace(  # Lua arrays start at 1
+    "$FIELDS", ", ".join(f"op[{i + 1}]" for i in range(1, DELIVER_FIRST_SID)))
 
 # map_set: ARGV[2] map, ARGV[3] key, ARGV[4] value ('' deletes), ARGV[5] '1' when
 # conditional, ARGV[6] the expected value ('' = absent). Returns {done, value now}.

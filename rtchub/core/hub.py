@@ -5,9 +5,18 @@ a timer calls :meth:`Hub.tick`. The hub answers by calling ``deliver`` and
 ``close`` on the :class:`~rtchub.core.session.Sink` of the sessions concerned.
 Because nothing here awaits, the whole protocol can be unit-tested with fake
 sinks and a fake clock, and one incoming message costs one synchronous call.
+(Over 500 lines on purpose: every routing decision of one node, read top to
+bottom; the state changes only a cluster needs are in rtchub.core.remote.)
 
 Observers (:class:`HubObserver`) hear about joins, leaves and errors; metrics,
 webhooks, logs and the cluster broker hang off that, not off the hot path.
+
+The hub owns every change to its sessions and rooms, including the ones a
+cluster needs (section "cluster": members on other nodes, sessions handed
+to or taken from another node); rtchub.broker decides *when*, the hub does
+the change, fires the observers and sends what members must see. Outgoing
+messages go through ``self.send``: :meth:`deliver` on one node, a
+:class:`~rtchub.core.router.Router` on a cluster node.
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ from rtchub import SERVER_NAME, __version__
 from rtchub.core.ids import session_id
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.ratelimit import TokenBucket
+from rtchub.core.remote import ClusterState, user_left
 from rtchub.core.resume import GONE, NOT_BUFFERED, Identity, ResumeVerdict
 from rtchub.core.room import MEDIA_MODES, Member, Room
+from rtchub.core.router import Router
 from rtchub.core.session import Session, Sink, State
 from rtchub.protocol import messages as m
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -90,7 +101,7 @@ class JoinRequest:
         self.media = media
 
 
-class Hub:
+class Hub(ClusterState):
     def __init__(
         self,
         settings: Settings | None = None,
@@ -128,11 +139,20 @@ class Hub:
         #: Member limits of particular rooms (roomId -> limit) instead of
         #: ``max_room_members``: a PeerJS key is one room holding a whole app's peers.
         self.room_caps: dict[str, int] = {}
-        #: ``resume_elsewhere(session, old_id, last_seq, msg_id)``: set by the cluster
-        #: (rtchub.broker.cluster) to resume a session another node holds; it
-        #: answers asynchronously. ``None`` on a single node. The cluster also
-        #: replaces ``send`` on the instance, so the single-node hot path pays nothing.
+        #: ``resume_elsewhere(session, old_id, last_seq, msg_id)``: the router's, to
+        #: resume a session another node holds (it answers asynchronously).
+        #: ``None`` on a single node.
         self.resume_elsewhere: Callable[[Session, str, int, Any], None] | None = None
+        #: Where every outgoing message goes: ``send(session, out)``. Without a
+        #: router it is :meth:`deliver` itself, stored on the instance so the
+        #: single-node hot path costs one bound-method call, as before there
+        #: were routers. Changed only by :meth:`use_router`.
+        self.send: Callable[[Session, Outgoing], None] = self.deliver
+        self.router: Router | None = None
+        #: Sessions of other nodes that are members of our rooms ("stubs"): a
+        #: room holds one per remote member, with ``node`` set to its node. They
+        #: are born ended (the hub never ends them) and observers never see them.
+        self.remote: dict[str, Session] = {}
         #: Messages numbered by :meth:`send`, by type: plain ints, so counting costs the
         #: hot path one dict update; rtchub.metrics exports them at scrape time.
         self.sent: dict[str, int] = {}
@@ -152,6 +172,63 @@ class Hub:
         #: freed heap to the OS when this grows large).
         self.released = 0
 
+    def use_authenticator(self, authenticate: Callable[[Session, str], None] | None) -> None:
+        """Turn auth on: ``authenticate(session, token)`` checks the ``auth`` message's
+        token and calls :meth:`set_identity` (rtchub.auth.gate), or raises ProtocolError."""
+        self.authenticate = authenticate
+
+    def set_identity(self, session: Session, user_id: str, claims: dict[str, Any],
+                     display_name: str | None = None) -> None:
+        """A verified token proved ``user_id`` for ``session``: fixed from now on, with
+        the token's claims (expiry, rooms); ``display_name`` if the session has none."""
+        session.user_id = user_id
+        session.user_fixed = True
+        if display_name and session.display_name is None:
+            session.display_name = display_name
+        session.claims = claims
+
+    def use_media_policy(self, policy: Callable[[Session, JoinRequest], str] | None) -> None:
+        """Who decides the media mode of a room a join creates (rtchub.sfu)."""
+        self.media_policy = policy
+
+    def set_room_media(self, room_id: str, mode: str) -> None:
+        """Room ``room_id`` (if here) uses media mode ``mode`` (decided cluster-wide)."""
+        room = self.rooms.get(room_id)
+        if room is not None and mode in MEDIA_MODES:
+            room.media = mode
+
+    def set_room_cap(self, room_id: str, cap: int) -> None:
+        """At most ``cap`` members in ``room_id`` instead of the settings' limits."""
+        self.room_caps[room_id] = cap
+
+    def use_router(self, router: Router | None) -> None:
+        """Send through ``router`` from now on (``None``: back to :meth:`deliver`)."""
+        self.router = router
+        if router is None:
+            self.send = self.deliver
+            self.resume_elsewhere = None
+        else:
+            self.send = router.route
+            self.resume_elsewhere = router.resume_elsewhere
+
+    def time_receive(self, observe: Callable[[float], None], types: frozenset[str] | set[str]) -> None:
+        """Time :meth:`receive` of messages of ``types`` into ``observe(seconds)`` (metrics).
+
+        Transports call ``hub.receive`` on the instance, so the timed version
+        is installed there; the cost per message is two ``perf_counter``
+        calls, and nothing at all when metrics are not hooked in.
+        """
+        inner = Hub.receive.__get__(self)
+        perf = time.perf_counter
+
+        def receive(session: Session, msg: Any) -> None:
+            t0 = perf()
+            inner(session, msg)
+            # ``type`` may be any JSON value (a list is unhashable): check it is a str.
+            if type(msg) is dict and type(mtype := msg.get("type")) is str and mtype in types:
+                observe(perf() - t0)
+
+        self.receive = receive  # type: ignore[method-assign]
     def register(self, mtype: str, handler: Handler) -> None:
         """Add a client message type (the SFU's ``publish``, ``subscribe``...).
 
@@ -166,14 +243,25 @@ class Hub:
     def open(self, sink: Sink | None, *, user_id: str | None = None,
              display_name: str | None = None, claims: dict[str, Any] | None = None) -> Session:
         """A new transport connection opened: make its session and say ``welcome``."""
-        now = self.clock()
-        session = Session(session_id(), sink, now)
-        session.node = self.node_id
+        session = self._new_session(session_id(), sink)
         if user_id is not None:
             session.user_id = user_id
             session.user_fixed = True
         session.display_name = display_name
         session.claims = claims
+        self.sessions[session.id] = session
+        if sink is not None:
+            sink.session = session
+            sink.deliver(0, Outgoing(self._welcome(session)))
+        for obs in self.observers:
+            obs.session_opened(session)
+        return session
+
+    def _new_session(self, sid: str, sink: Sink | None) -> Session:
+        """A session of this node with its rate limits (not yet in ``sessions``)."""
+        now = self.clock()
+        session = Session(sid, sink, now)
+        session.node = self.node_id
         s = self.settings
         if s.rate_limited:
             session.bucket = TokenBucket(s.max_msg_rate, s.max_msg_burst, now)
@@ -183,12 +271,6 @@ class Hub:
             session.join_bucket = TokenBucket(
                 s.max_joins_per_second, max(1.0, s.max_joins_per_second), now
             )
-        self.sessions[session.id] = session
-        if sink is not None:
-            sink.session = session
-            sink.deliver(0, Outgoing(self._welcome(session)))
-        for obs in self.observers:
-            obs.session_opened(session)
         return session
 
     def _welcome(self, session: Session) -> dict[str, Any]:
@@ -203,8 +285,8 @@ class Hub:
         msg.update(self.welcome_extra)
         return msg
 
-    def send(self, session: Session, out: Outgoing) -> None:
-        """Number ``out`` for ``session``, keep it for resume, and hand it to the sink."""
+    def deliver(self, session: Session, out: Outgoing) -> None:
+        """Number ``out`` for local ``session``, keep it for resume, and hand it to the sink."""
         # Encode first (cached on ``out``): a message that cannot be encoded
         # raises here, before any seq is taken or anything is buffered.
         body_size = len(out.json)
@@ -408,6 +490,16 @@ class Hub:
         if session.strikes >= self.settings.abuse_strikes:
             self._abuse_close(session)
 
+    def receive_all(self, session: Session, msgs: list[Any]) -> int:
+        """:meth:`receive` each of ``msgs`` in order until the session ends (a ``POST
+        /send`` body, here or forwarded from another node); how many were taken."""
+        accepted = 0
+        for msg in msgs:
+            if session.ended:
+                break
+            self.receive(session, msg)
+            accepted += 1
+        return accepted
     def accept(self, session: Session, msg_id: Any) -> None:
         """Acknowledge a message handled asynchronously (``ack``, and resend dedup)."""
         self._accepted(session, msg_id)
@@ -522,20 +614,19 @@ class Hub:
                 # The holder's transport is gone (grace period): a tutorial-style
                 # client rejoining after a reconnect takes the place over.
                 del room.members[user_id]
-                old.rooms.pop(room_id, None)
-                if not old.rooms:
-                    self.end(old, "rejoined")
+                if self.remote.get(old.id) is old:  # a member on another node
+                    self._unlink_remote(old, room_id)
+                else:
+                    old.rooms.pop(room_id, None)
+                    if not old.rooms:
+                        self.end(old, "rejoined")
                 rejoined = True
             elif len(room.members) >= (limit := self.room_cap(room_id, room.media)):
                 raise ProtocolError(ErrorCode.ROOM_FULL,
                                     f"{room.media} room {room_id!r} is full ({limit})", req.msg_id)
         else:
             policy = self.media_policy
-            media = policy(session, req) if policy is not None else (
-                req.media or self.settings.media_mode)
-            room = self.rooms[room_id] = Room(room_id, self.clock(), media)
-            for obs in self.observers:
-                obs.room_created(room)
+            room = self.open_room(room_id, policy(session, req) if policy is not None else req.media)
         session.user_id = user_id
         session.user_fixed = True
         if req.display_name:
@@ -580,15 +671,11 @@ class Hub:
             return
         del room.members[user_id]
         if reason != "rejoined":
-            self._broadcast(room, Outgoing(
-                {"type": "user-left", "roomId": room.id, "userId": user_id, "reason": reason}),
-                exclude=None)
+            self._broadcast(room, user_left(room.id, user_id, reason), exclude=None)
         for obs in self.observers:
             obs.member_left(room, member, reason)
         if not room.members:
-            del self.rooms[room.id]
-            for obs in self.observers:
-                obs.room_closed(room)
+            self._close_room(room)
 
     def _room_of(self, session: Session, msg: dict[str, Any], msg_id: Any) -> Room:
         room_id = msg.get("roomId")
@@ -862,3 +949,20 @@ class Hub:
             sink = session.sink
             if sink is not None:
                 sink.close(CloseCode.GOING_AWAY, "server shutting down")
+
+    def open_room(self, room_id: str, media: str | None = None) -> Room:
+        """Room ``room_id``, created (and announced to observers) if needed, with media
+        mode ``media`` (else ``--media-mode``): a join decides it (Hub.media_policy)."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            room = self.rooms[room_id] = Room(room_id, self.clock(),
+                                              media or self.settings.media_mode)
+            for obs in self.observers:
+                obs.room_created(room)
+        return room
+
+    def _close_room(self, room: Room) -> None:
+        del self.rooms[room.id]
+        for obs in self.observers:
+            obs.room_closed(room)
+

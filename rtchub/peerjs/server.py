@@ -71,7 +71,7 @@ class PeerJsServer:
         self.queue = OfflineQueue(s.peerjs_expire_timeout)
         #: This node's connected peers, by PeerJS id.
         self.peers: dict[str, PeerJsPeer] = {}
-        app.hub.room_caps[self.room_id] = s.peerjs_max_peers
+        app.hub.set_room_cap(self.room_id, s.peerjs_max_peers)
         step = max(0.05, min(1.0, s.peerjs_expire_timeout / 5))
         self._timer = Periodic(step, self.expire, "peerjs-expire")
 

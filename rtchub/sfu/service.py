@@ -170,7 +170,7 @@ class SfuService(HubObserver):
         self.adopted: dict[tuple[str, int], JanusConnection] = {}
         self.stats = {"publishes": 0, "subscribes": 0, "resets": 0, "errors": 0}
         hub = self.hub
-        hub.media_policy = self._media_policy
+        hub.use_media_policy(self._media_policy)
         hub.observers.append(self)
         for mtype, handler in (
             ("publish", self._on_publish), ("unpublish", self._on_unpublish),
@@ -360,7 +360,7 @@ class SfuService(HubObserver):
                 with contextlib.suppress(BrokerDown):
                     mode = await self.shared.mode(room.id)
                     if mode in MEDIA_MODES:
-                        room.media = mode
+                        self.hub.set_room_media(room.id, mode)
             self._spawn(learn())
 
     def member_joined(self, room: Room, member: Member, rejoined: bool) -> None:

@@ -283,18 +283,12 @@ def oversized(limit: int, msgs: list[Any]) -> int | None:
 
 
 def receive_all(hub: Hub, session: Session, msgs: list[Any]) -> int:
-    """Hand ``msgs`` to ``session`` in order; how many were accepted.
+    """Hand ``msgs`` to ``session`` in order; how many were accepted (:meth:`Hub.receive_all`).
 
     A ``resume`` from a transport that resumes another way (polling) is
     refused by the hub itself (:attr:`Sink.resume_hint`).
     """
-    accepted = 0
-    for msg in msgs:
-        if session.ended:
-            break
-        hub.receive(session, msg)
-        accepted += 1
-    return accepted
+    return hub.receive_all(session, msgs)
 
 
 async def close(request: web.Request) -> web.Response:

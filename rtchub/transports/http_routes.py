@@ -22,10 +22,6 @@ def register(app: RtcHub) -> HttpTransports:
     app.http[SERVER_KEY] = app
     app.http[REGISTRY_KEY] = registry
     app.services.append(registry)
-    cluster = getattr(app, "cluster", None)
-    if cluster is not None:
-        hub = app.hub
-        cluster.close_session = lambda session: http_common.close_session(hub, session)
     r = app.http.router
     r.add_get("/sse", sse.handle, allow_head=False)
     r.add_post("/poll/open", poll.open_session)
