@@ -22,6 +22,7 @@ from rtchub import api, ice
 from rtchub.auth.gate import Admission, Gatekeeper
 from rtchub.broker.cluster import attach_cluster
 from rtchub.core.hub import Hub
+from rtchub.media.service import MediaService
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
@@ -63,6 +64,9 @@ class RtcHub:
             self.services.append(self.stun)
         #: Cluster glue when --broker names a shared broker (None for memory): rtchub.broker.
         self.cluster = attach_cluster(self)
+        #: Recordings and broadcasts (rtchub.media): the API and /live use it.
+        self.media = MediaService(self)
+        self.services.append(self.media)
         self.port = settings.port
         self._setup_routes()
 

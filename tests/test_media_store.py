@@ -117,8 +117,9 @@ def test_restart_fails_a_recording_and_resumes_processing(tmp_path: Path) -> Non
 
     after = RecordingStore(tmp_path)
     after.load()
-    again = after.recover()
+    again, failed = after.recover()
     assert [r.id for r in again] == [busy.id]
+    assert {r.id for r in failed} == {live.id, lost.id}
     assert after.items[live.id].state is State.FAILED
     assert "stopped while recording" in (after.items[live.id].reason or "")
     assert after.items[lost.id].state is State.FAILED

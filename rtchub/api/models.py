@@ -128,7 +128,11 @@ class Stats(ApiModel):
 
 class ErrorDetail(ApiModel):
     code: Literal["unauthorized", "not-found", "invalid-request", "api-disabled",
-                  "method-not-allowed"]
+                  "method-not-allowed",
+                  # recordings and broadcasts (rtchub.media.service)
+                  "recording-disabled", "broadcast-disabled", "room-not-found", "mesh-room",
+                  "already-recording", "not-recording", "recording-busy", "disk-full",
+                  "already-broadcasting", "not-broadcasting", "media-server-error"]
     message: str
     details: list[dict[str, Any]] | None = None
 

@@ -168,13 +168,15 @@ class RecordingStore:
             if rec.id == meta.parent.name:
                 self.items[rec.id] = rec
 
-    def recover(self) -> list[RecordingInfo]:
-        """After a restart: fail what was being recorded; return what must be processed again."""
-        again = []
+    def recover(self) -> tuple[list[RecordingInfo], list[RecordingInfo]]:
+        """After a restart: fail what was being recorded. Returns (to process again, failed now)."""
+        again: list[RecordingInfo] = []
+        failed: list[RecordingInfo] = []
         for rec in list(self.items.values()):
             if rec.state is State.RECORDING:
                 self.fail(rec, "interrupted: rtchub stopped while recording, and the media "
                                "session that recorded it ended with it")
+                failed.append(rec)
             elif rec.state is State.PROCESSING:
                 for part in self.folder(rec.id).glob("*.part"):
                     part.unlink(missing_ok=True)
@@ -185,7 +187,8 @@ class RecordingStore:
                 else:
                     self.fail(rec, "interrupted: rtchub stopped while processing and the raw "
                                    "media is gone")
-        return again
+                    failed.append(rec)
+        return again, failed
 
     def create(self, room_id: str, *, started_by: str | None = None) -> RecordingInfo:
         rec = RecordingInfo(id=new_id(), room_id=room_id, state=State.RECORDING,

@@ -1,0 +1,222 @@
+"""The media side of one server: recordings and broadcasts, their rules and their events.
+
+:class:`MediaService` owns the recordings store, the job runner and the
+broadcasts. The API (rtchub.api.media) and, once a room's media runs through
+the SFU, the call itself ask it to start and stop things; it answers with a
+:class:`MediaError` (HTTP status + error code) when a request cannot be done,
+so every entry point refuses in the same words.
+
+Why a recording can be refused:
+
+* ``recording-disabled``: no ``--recordings-dir``;
+* ``room-not-found``: nobody is in that room;
+* ``mesh-room``: the room's media goes peer to peer and never reaches the
+  server, so there is nothing to record (ARCHITECTURE: only SFU rooms pass
+  media through Janus);
+* ``already-recording`` / ``not-recording``;
+* ``disk-full``: free space below ``--recordings-min-free-mb``
+  (HTTP 507 Insufficient Storage, RFC 4918 section 11.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rtchub.media.jobs import JobRunner
+from rtchub.media.recordings import RecordingInfo, RecordingStore, State
+from rtchub.timers import Periodic
+
+if TYPE_CHECKING:
+    from rtchub.app import RtcHub
+
+log = logging.getLogger("rtchub.media")
+
+#: How often the disk floor is checked while recording, and retention applied.
+DISK_CHECK_INTERVAL = 1.0
+RETENTION_INTERVAL = 60.0
+
+
+@dataclass
+class MediaError(Exception):
+    status: int
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class MediaService:
+    """Recordings and broadcasts of one server (started and stopped with it)."""
+
+    def __init__(self, app: RtcHub) -> None:
+        s = app.settings
+        self.app = app
+        self.jobs = JobRunner(s.media_jobs)
+        self.store: RecordingStore | None = None
+        if s.recordings_dir:
+            self.store = RecordingStore(s.recordings_dir,
+                                        min_free_bytes=s.recordings_min_free_mb * 2**20,
+                                        retention_seconds=s.recordings_retention_days * 86400)
+        #: room id -> id of the recording running in it.
+        self.active: dict[str, str] = {}
+        self._disk = Periodic(DISK_CHECK_INTERVAL, self._check_disk, "recording-disk")
+        self._retention = Periodic(RETENTION_INTERVAL, self._sweep, "recording-retention")
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        if self.store is None:
+            return
+        await asyncio.to_thread(self.store.load)
+        again, failed = self.store.recover()
+        for rec in failed:
+            log.warning("recording %s of room %s: %s", rec.id, rec.room_id, rec.reason)
+            self.emit("recording_failed", rec)
+        for rec in again:
+            log.info("recording %s of room %s: processing it again after a restart", rec.id, rec.room_id)
+            self._spawn(self.process(rec))
+        self._disk.start()
+        self._retention.start()
+
+    async def stop(self) -> None:
+        await self._disk.stop()
+        await self._retention.stop()
+        await self.jobs.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ----------------------------------------------------------------- events
+    def emit(self, event: str, rec: RecordingInfo) -> None:
+        hooks = getattr(self.app, "webhooks", None)
+        if hooks is None:
+            return
+        fields: dict[str, Any] = {"recordingId": rec.id, "roomId": rec.room_id}
+        if event == "recording_ready":
+            fields["files"] = [f.name for f in rec.files]
+        if event == "recording_failed":
+            fields["reason"] = rec.reason
+        hooks.emit(event, **fields)
+
+    def fail(self, rec: RecordingInfo, reason: str) -> None:
+        assert self.store is not None
+        if rec.state in (State.READY, State.FAILED):
+            return
+        if self.active.get(rec.room_id) == rec.id:
+            del self.active[rec.room_id]
+        self.store.fail(rec, reason)
+        log.warning("recording %s of room %s failed: %s", rec.id, rec.room_id, reason)
+        self.emit("recording_failed", rec)
+
+    # ------------------------------------------------------------- recordings
+    def _require_store(self) -> RecordingStore:
+        if self.store is None:
+            raise MediaError(409, "recording-disabled",
+                             "recording is off on this server (start it with --recordings-dir)")
+        return self.store
+
+    def room_on_sfu(self, room_id: str) -> bool:
+        """Whether this room's media passes through the server (an SFU room)."""
+        sfu = getattr(self.app, "sfu", None)
+        return sfu is not None and sfu.is_sfu_room(room_id)
+
+    async def start_recording(self, room_id: str, *, started_by: str | None = None) -> RecordingInfo:
+        store = self._require_store()
+        if room_id not in self.app.hub.rooms:
+            raise MediaError(404, "room-not-found", f"no room {room_id!r}")
+        if not self.room_on_sfu(room_id):
+            raise MediaError(409, "mesh-room",
+                             f"room {room_id!r} is a mesh room: its media goes peer to peer and "
+                             "never reaches the server, so it cannot be recorded (use media mode "
+                             "sfu or auto)")
+        if room_id in self.active:
+            raise MediaError(409, "already-recording",
+                             f"room {room_id!r} is being recorded ({self.active[room_id]})")
+        ok, reason = store.disk_ok()
+        if not ok:
+            raise MediaError(507, "disk-full", reason)
+        rec = store.create(room_id, started_by=started_by)
+        self.active[room_id] = rec.id
+        try:
+            await self.app.sfu.start_recording(room_id, store.raw(rec.id))  # type: ignore[attr-defined]
+        except Exception as exc:
+            self.fail(rec, f"the media server did not start recording: {exc}")
+            raise MediaError(502, "media-server-error", str(exc)) from exc
+        self.emit("recording_started", rec)
+        return rec
+
+    async def stop_recording(self, room_id: str) -> RecordingInfo:
+        store = self._require_store()
+        rec_id = self.active.pop(room_id, None)
+        if rec_id is None or rec_id not in store.items:
+            raise MediaError(409, "not-recording", f"room {room_id!r} is not being recorded")
+        rec = store.items[rec_id]
+        try:
+            await self.app.sfu.stop_recording(room_id)  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.warning("stopping the recording of %s at the media server: %s", room_id, exc)
+        store.transition(rec, State.PROCESSING)
+        self._spawn(self.process(rec))
+        return rec
+
+    async def process(self, rec: RecordingInfo) -> None:
+        """Raw media -> per-participant files and the composed recording (rtchub.media.postprocess)."""
+        from rtchub.media.postprocess import MediaPipelineError, process_recording
+
+        store = self._require_store()
+        ok, reason = store.disk_ok()
+        if not ok:
+            self.fail(rec, reason)
+            return
+        try:
+            await process_recording(store, rec, self.jobs)
+        except MediaPipelineError as exc:
+            self.fail(rec, str(exc))
+            return
+        store.transition(rec, State.READY)
+        self.emit("recording_ready", rec)
+
+    def _check_disk(self) -> None:
+        """Disk-full policy: stop every running recording, fail it, say why."""
+        store = self.store
+        if store is None or not self.active:
+            return
+        ok, reason = store.disk_ok()
+        if ok:
+            return
+        for room_id, rec_id in list(self.active.items()):
+            rec = store.items.get(rec_id)
+            self.active.pop(room_id, None)
+            sfu = getattr(self.app, "sfu", None)
+            if sfu is not None:
+                self._spawn(sfu.stop_recording(room_id))
+            if rec is not None:
+                self.fail(rec, reason)
+
+    def _sweep(self) -> None:
+        if self.store is not None:
+            for rec_id in self.store.sweep():
+                log.info("recording %s deleted (retention)", rec_id)
+
+    async def delete_recording(self, rec_id: str) -> None:
+        store = self._require_store()
+        rec = store.items.get(rec_id)
+        if rec is None:
+            raise MediaError(404, "not-found", f"no recording {rec_id!r}")
+        if rec.state in (State.RECORDING, State.PROCESSING):
+            raise MediaError(409, "recording-busy",
+                             f"recording {rec_id} is {rec.state}: stop it and let it finish first")
+        await asyncio.to_thread(store.delete, rec_id)
+
+    def progress_of(self, rec: RecordingInfo) -> RecordingInfo:
+        return rec
