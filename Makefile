@@ -8,9 +8,11 @@ PORT ?= 8080
 # packages whose binary is missing get installed (node may come from elsewhere).
 SYSTEM_DEPS := /usr/bin/chromium=chromium /usr/bin/redis-server=redis-server \
 	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm \
-	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2
+	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2 \
+	/usr/bin/ffmpeg=ffmpeg /usr/bin/janus=janus /usr/bin/janus-pp-rec=janus-tools \
+	/usr/bin/whip-client=simple-whip-client
 
-.PHONY: run test test-fast bench lint docs system-deps clean
+.PHONY: run test test-fast bench lint docs system-deps clean vendor
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +31,17 @@ bench/node_modules/.installed: bench/package.json bench/package-lock.json
 	cd bench && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Browser libraries the pages load (hls.js for /watch), from npm at build time:
+# rtchub serves them itself, so no CDN is needed at run time.
+WEB_VENDOR := rtchub/web/vendor/hls.js/hls.min.js
+$(WEB_VENDOR): vendor/package.json vendor/package-lock.json
+	cd vendor && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(@D)
+	cp vendor/node_modules/hls.js/dist/hls.min.js vendor/node_modules/hls.js/LICENSE $(@D)/
+	touch $@
+
+vendor: $(WEB_VENDOR)
+
 # apt-get only when something is missing and we may (root); otherwise say what is missing.
 system-deps:
 	@missing=""; for pair in $(SYSTEM_DEPS); do bin=$${pair%%=*}; pkg=$${pair#*=}; \
@@ -40,14 +53,14 @@ system-deps:
 	  else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed $(WEB_VENDOR)
 	$(BIN)/rtchub serve --host $(HOST) --port $(PORT)
 
-test: system-deps $(VENV)/.installed-test bench/node_modules/.installed
+test: system-deps $(VENV)/.installed-test bench/node_modules/.installed $(WEB_VENDOR)
 	$(BIN)/ruff check rtchub tests
 	tools/netns-run $(BIN)/python -m pytest -q -rfE
 
-test-fast: $(VENV)/.installed-test
+test-fast: $(VENV)/.installed-test $(WEB_VENDOR)
 	tools/netns-run $(BIN)/python -m pytest -q -m "not e2e" -x
 
 bench: system-deps $(VENV)/.installed-test bench/node_modules/.installed
@@ -62,4 +75,4 @@ docs: $(VENV)/.installed
 	$(BIN)/python tools/readme_table.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache artifacts
+	rm -rf $(VENV) .pytest_cache artifacts vendor/node_modules rtchub/web/vendor

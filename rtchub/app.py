@@ -22,6 +22,7 @@ from rtchub import api, ice
 from rtchub.auth.gate import Admission, Gatekeeper
 from rtchub.broker.cluster import attach_cluster
 from rtchub.core.hub import Hub
+from rtchub.media import hls
 from rtchub.media.service import MediaService
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
@@ -82,6 +83,9 @@ class RtcHub:
             r.add_get(path, self._aiohttp_ws)
         # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_common).
         http_transports.register(self)
+        # /live/{roomId}/... (HLS broadcasts) and the /watch page (rtchub.media.hls).
+        hls.register(self)
+        r.add_get("/watch", self._watch)
         if (WEB_ROOT / "index.html").exists():
             r.add_get("/", self._index)
         if WEB_ROOT.exists():
@@ -98,6 +102,9 @@ class RtcHub:
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_ROOT / "index.html")
+
+    async def _watch(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_ROOT / "watch.html")
 
     # -------------------------------------------------------------- WebSocket
     def admit(self, headers: Any, query: dict[str, str], peer: str, *,
