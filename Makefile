@@ -8,11 +8,14 @@ PORT ?= 8080
 # packages whose binary is missing get installed (node may come from elsewhere).
 SYSTEM_DEPS := /usr/bin/chromium=chromium /usr/bin/redis-server=redis-server \
 	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm \
-	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2 \
-	/usr/bin/ffmpeg=ffmpeg /usr/bin/janus=janus /usr/bin/janus-pp-rec=janus-tools \
+	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2 /usr/sbin/nginx=nginx \
+	/usr/bin/janus=janus /usr/bin/janus-pp-rec=janus-tools /usr/bin/ffmpeg=ffmpeg \
 	/usr/bin/whip-client=simple-whip-client
+# What `make run` needs: Janus, so that an SFU call (--sfu local) works out of the box,
+# and ffmpeg / janus-pp-rec for recordings and broadcasts.
+RUN_DEPS := /usr/bin/janus=janus /usr/bin/janus-pp-rec=janus-tools /usr/bin/ffmpeg=ffmpeg
 
-.PHONY: run test test-fast bench lint docs system-deps clean vendor
+.PHONY: run test test-fast bench lint docs system-deps run-deps install-deps clean wheelhouse vendor
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +28,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
+
+# rtchub's dependencies as wheels: tests/test_wheel.py installs the built
+# wheel into a fresh venv from here, inside tools/netns-run (no network there).
+$(VENV)/wheelhouse/.ready: pyproject.toml | $(BIN)/python
+	rm -rf $(VENV)/wheelhouse
+	$(BIN)/pip wheel -q -w $(VENV)/wheelhouse .
+	rm -f $(VENV)/wheelhouse/rtchub-*.whl
+	touch $@
+
+wheelhouse: $(VENV)/wheelhouse/.ready
 
 # The bench's Node load client and reference relay (the test suite smoke-tests them).
 bench/node_modules/.installed: bench/package.json bench/package-lock.json
@@ -44,7 +57,13 @@ vendor: $(WEB_VENDOR)
 
 # apt-get only when something is missing and we may (root); otherwise say what is missing.
 system-deps:
-	@missing=""; for pair in $(SYSTEM_DEPS); do bin=$${pair%%=*}; pkg=$${pair#*=}; \
+	@$(MAKE) --no-print-directory install-deps DEPS="$(SYSTEM_DEPS)"
+
+run-deps:
+	@$(MAKE) --no-print-directory install-deps DEPS="$(RUN_DEPS)"
+
+install-deps:
+	@missing=""; for pair in $(DEPS); do bin=$${pair%%=*}; pkg=$${pair#*=}; \
 	  command -v $$(basename $$bin) >/dev/null 2>&1 || [ -x $$bin ] || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -53,10 +72,13 @@ system-deps:
 	  else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
-run: $(VENV)/.installed $(WEB_VENDOR)
-	$(BIN)/rtchub serve --host $(HOST) --port $(PORT)
+# SFU=local (default) starts a supervised Janus; SFU= runs without one (mesh only).
+SFU ?= local
+run: run-deps $(VENV)/.installed $(WEB_VENDOR)
+	$(BIN)/rtchub serve --host $(HOST) --port $(PORT) $(if $(SFU),--sfu $(SFU))
 
-test: system-deps $(VENV)/.installed-test bench/node_modules/.installed $(WEB_VENDOR)
+test: system-deps $(VENV)/.installed-test bench/node_modules/.installed $(VENV)/wheelhouse/.ready \
+		$(WEB_VENDOR)
 	$(BIN)/ruff check rtchub tests
 	tools/netns-run $(BIN)/python -m pytest -q -rfE
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from rtchub import api, ice
+from rtchub import api, ice, sfu
 from rtchub.auth.gate import Admission, Gatekeeper
 from rtchub.broker.cluster import attach_cluster
 from rtchub.core.hub import Hub
@@ -65,6 +65,8 @@ class RtcHub:
             self.services.append(self.stun)
         #: Cluster glue when --broker names a shared broker (None for memory): rtchub.broker.
         self.cluster = attach_cluster(self)
+        #: The SFU (rtchub.sfu): media modes, publish/subscribe through Janus.
+        self.sfu = sfu.setup(self)
         #: Recordings and broadcasts (rtchub.media): the API and /live use it.
         self.media = MediaService(self)
         self.services.append(self.media)
@@ -136,7 +138,7 @@ class RtcHub:
             # does not speak. We answer without one; clients fall back to JSON.
             pass
         endpoint = PicowsEndpoint(
-            self.hub, self.liveness, SUBPROTOCOLS.get(chosen or "", JSON), peer,
+            self.hub, self.liveness, SUBPROTOCOLS.get(chosen or "", JSON), verdict.client,
             claims=verdict.claims, user_id=verdict.user_id, display_name=verdict.display_name)
         extra = CIMultiDict()
         if chosen:
@@ -146,6 +148,9 @@ class RtcHub:
     async def _aiohttp_ws(self, request: web.Request) -> web.StreamResponse:
         verdict = self.admit(request.headers, dict(request.query), request.remote or "",
                              first_message_auth=True)
+        if verdict.ok and not self.gatekeeper.hold_connection(
+                request.transport, request.remote or "", verdict.client):
+            verdict = Admission(429, "too many connections from this address")
         if not verdict.ok:
             return verdict.http_response()
         ws = web.WebSocketResponse(
@@ -154,7 +159,7 @@ class RtcHub:
         await ws.prepare(request)
         endpoint = AiohttpEndpoint(
             self.hub, self.liveness, SUBPROTOCOLS.get(ws.ws_protocol or "", JSON),
-            request.remote or "", ws, claims=verdict.claims, user_id=verdict.user_id,
+            verdict.client, ws, claims=verdict.claims, user_id=verdict.user_id,
             display_name=verdict.display_name)
         await endpoint.run()
         return ws
@@ -184,7 +189,7 @@ class RtcHub:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: PortMux(self._route, ws_factory, http_factory,
-                            admit=self.gatekeeper.limits.admit_connection, loop=loop),
+                            admit=self.gatekeeper.admit_connection, loop=loop),
             host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]
         self.liveness.start()

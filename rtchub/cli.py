@@ -1,24 +1,25 @@
-"""The ``rtchub`` command: ``serve`` (and, as the project grows, ``token``, ``bench``).
+"""The ``rtchub`` command: ``serve``, ``config show`` (and ``token``, ``bench``).
 
 Flags are generated from :class:`rtchub.settings.Settings`, so a new setting
-is a CLI flag and an ``RTCHUB_<NAME>`` environment variable the day it is added.
+is a CLI flag, an ``RTCHUB_<NAME>`` environment variable and a ``--config``
+file key the day it is added (precedence: :mod:`rtchub.config`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import ipaddress
+import json
 import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from rtchub import __version__
+from rtchub.config import CONFIG_ENV, ConfigError, Resolved, resolve, show_json, show_text
 from rtchub.logs import setup_logging
-from rtchub.settings import Settings, field_type, fields, from_env, parse_value
+from rtchub.settings import Settings, field_type, fields, parse_value
 
 log = logging.getLogger("rtchub")
 
@@ -29,6 +30,9 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help=f"TOML file of settings, keys named as these flags [env {CONFIG_ENV}]; "
+                             "flags and environment variables override it")
     for f in fields():
         kind = field_type(f)
         flag = "--" + f.name.replace("_", "-")
@@ -45,11 +49,23 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
                                 default=None, help=help_text)
 
 
+def resolve_args(args: argparse.Namespace) -> Resolved:
+    """Defaults < config file < environment < command line (:func:`rtchub.config.resolve`)."""
+    flags = {f.name: getattr(args, f.name) for f in fields()
+             if getattr(args, f.name, None) is not None}
+    return resolve(flags, config_file=getattr(args, "config", None))
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Defaults < environment < command line."""
-    overrides = {f.name: getattr(args, f.name) for f in fields()
-                 if getattr(args, f.name, None) is not None}
-    return from_env(**overrides)
+    return resolve_args(args).settings
+
+
+def with_source(message: str, resolved: Resolved) -> str:
+    """``--auth must be ...`` -> ``... (auth from file rtchub.toml)``: say where to fix it."""
+    flag, _, _ = message.partition(" ")
+    name = flag.removeprefix("--").rstrip(":").replace("-", "_")
+    source = resolved.sources.get(name) if flag.startswith("--") else None
+    return f"{message} ({flag.removeprefix('--').rstrip(':')} from {source})" if source else message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
     add_settings_arguments(serve)
+    config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser(
+        "show", help="print every setting's effective value and where it came from (secrets masked)")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_settings_arguments(show)
     for name, (help_text, add_args, _) in SUBCOMMANDS.items():
         add_args(sub.add_parser(name, help=help_text))
     return parser
@@ -75,7 +97,10 @@ def _is_loopback(host: str) -> bool:
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     from rtchub.app import create_app
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # a setting the server cannot use (--auth foo, a bad network...)
+        raise ConfigError(str(exc)) from exc
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,12 +154,23 @@ def _tune_gc() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _load_subcommands()
-    args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        settings = settings_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("serve", "config"):
+        try:
+            resolved = resolve_args(args)
+        except ConfigError as exc:
+            parser.exit(2, f"rtchub: configuration error: {exc}\n")
+        if args.command == "config":
+            print(json.dumps(show_json(resolved), indent=2) if args.json else show_text(resolved))
+            return 0
+        settings = resolved.settings
         setup_logging(settings.log_level, settings.log_format)
         _install_uvloop()
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except ConfigError as exc:
+            parser.exit(2, f"rtchub: configuration error: {with_source(str(exc), resolved)}\n")
         return 0
     return SUBCOMMANDS[args.command][2](args)
 
@@ -149,10 +185,6 @@ def _load_subcommands() -> None:
         except ModuleNotFoundError as exc:
             if exc.name is None or not exc.name.startswith("rtchub"):
                 raise
-
-
-def _settings_dict(settings: Settings) -> dict[str, Any]:
-    return dataclasses.asdict(settings)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,10 @@
-"""Server settings: one dataclass, exposed as CLI flags and ``RTCHUB_<NAME>`` env vars.
+"""Server settings: one dataclass, exposed as CLI flags, ``RTCHUB_<NAME>`` env vars and config keys.
 
 Every field is an option of ``rtchub serve`` (``max_msg_rate`` ->
-``--max-msg-rate`` / ``RTCHUB_MAX_MSG_RATE``). List fields are repeatable flags;
-in the environment they are comma-separated. The defaults are what
+``--max-msg-rate`` / ``RTCHUB_MAX_MSG_RATE`` / ``max-msg-rate = ...`` in the
+``--config`` file, :mod:`rtchub.config`). List fields are repeatable flags;
+in the environment they are comma-separated, in the file TOML arrays. Fields
+with ``metadata["secret"]`` are masked by ``rtchub config show``. The defaults are what
 ``make run`` serves with and are explained in the README's configuration table.
 """
 
@@ -74,19 +76,47 @@ class Settings:
     stun_url: list[str] = field(default_factory=list, metadata={"help": "extra STUN URL (repeatable)"})
     turn_url: list[str] = field(default_factory=list, metadata={"help": "TURN URL (repeatable)"})
     turn_secret: list[str] = field(
-        default_factory=list, metadata={"help": "TURN REST shared secret (repeatable; first signs)"}
+        default_factory=list,
+        metadata={"secret": True, "help": "TURN REST shared secret (repeatable; first signs)"}
     )
     turn_ttl: int = field(default=86400, metadata={"help": "seconds TURN credentials stay valid"})
     public_host: str = field(default="", metadata={"help": "host name put into ICE URLs"})
 
+    # -- media: SFU (docs/sfu.md) ---------------------------------------------------
+    media_mode: str = field(
+        default="mesh", metadata={"help": "media mode of new rooms: mesh (peer-to-peer) or sfu"}
+    )
+    sfu: str = field(default="", metadata={"help": "'local' starts and supervises a Janus child"})
+    sfu_url: list[str] = field(
+        default_factory=list, metadata={"help": "Janus WebSocket API URL, ws://host:8188 (repeatable)"}
+    )
+    sfu_api_secret: str = field(default="", metadata={"help": "api_secret of the --sfu-url servers"})
+    max_sfu_room_members: int = field(
+        default=100, metadata={"help": "members per SFU room (--max-room-members is the mesh limit)"}
+    )
+    sfu_rtp_ports: str = field(default="20000-40000", metadata={"help": "RTP port range of --sfu local"})
+    sfu_ice_ip: str = field(
+        default="", metadata={"help": "--sfu local gathers ICE only on this address/interface"}
+    )
+    sfu_nat_ip: str = field(default="", metadata={"help": "--sfu local: public IP of a 1:1 NAT"})
+    sfu_ws_port: int = field(default=0, metadata={"help": "--sfu local API port on 127.0.0.1 (0 = free)"})
+
     # -- security -----------------------------------------------------------------
     auth: str = field(default="none", metadata={"help": "none or jwt"})
-    jwt_secret: str = field(default="", metadata={"help": "HS256 secret for --auth jwt"})
+    jwt_secret: str = field(
+        default="", metadata={"secret": True, "help": "HS256 secret for --auth jwt"})
     jwt_public_key: str = field(default="", metadata={"help": "PEM file for RS256/ES256 tokens"})
     auth_timeout: float = field(default=5.0, metadata={"help": "seconds to send an auth message"})
     allowed_origin: list[str] = field(
         default_factory=list, metadata={"help": "allowed Origin (repeatable; '*' allows any)"}
     )
+    forwarded_allow_ips: list[str] = field(
+        default_factory=list,
+        metadata={"help": "reverse proxies (IPs or networks, repeatable; '*' = any) whose "
+                          "client-address header is believed (docs/deploy.md)"})
+    forwarded_header: str = field(
+        default="x-forwarded-for",
+        metadata={"help": "header those proxies append the client to: x-forwarded-for or forwarded"})
     certfile: str = field(default="", metadata={"help": "TLS certificate (serves https/wss)"})
     keyfile: str = field(default="", metadata={"help": "TLS private key"})
     max_connections_per_ip: int = field(
@@ -103,9 +133,11 @@ class Settings:
     )
 
     # -- server API, hooks ----------------------------------------------------------
-    api_key: str = field(default="", metadata={"help": "key for /api and /admin (empty = API off)"})
+    api_key: str = field(
+        default="", metadata={"secret": True, "help": "key for /api and /admin (empty = API off)"})
     webhook_url: list[str] = field(default_factory=list, metadata={"help": "webhook target (repeatable)"})
-    webhook_secret: str = field(default="", metadata={"help": "HMAC-SHA256 key for webhook signatures"})
+    webhook_secret: str = field(
+        default="", metadata={"secret": True, "help": "HMAC-SHA256 key for webhook signatures"})
     join_hook_url: str = field(default="", metadata={"help": "URL asked to allow each join"})
     join_hook_timeout: float = field(default=2.0, metadata={"help": "seconds to wait for the join hook"})
     join_hook_failure: str = field(default="deny", metadata={"help": "allow or deny when the hook fails"})
@@ -160,11 +192,12 @@ def from_env(environ: dict[str, str] | None = None, **overrides: Any) -> Setting
 
 def markdown_table() -> str:
     """The README's configuration table, generated so it cannot drift from the code."""
-    rows = ["| flag | env | default | meaning |", "|---|---|---|---|"]
+    rows = ["| flag / file key | env | default | meaning |", "|---|---|---|---|"]
     for f in fields():
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = "" if default in ("", []) else str(default).lower() if isinstance(default, bool) else default
-        rows.append(f"| `--{f.name.replace('_', '-')}` | `RTCHUB_{f.name.upper()}` | "
+        key = f.name.replace("_", "-")
+        rows.append(f"| `--{key}` / `{key}` | `RTCHUB_{f.name.upper()}` | "
                     f"{f'`{shown}`' if shown != '' else '—'} | {f.metadata.get('help', '')} |")
     return "\n".join(rows)
 

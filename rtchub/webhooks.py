@@ -138,6 +138,7 @@ class WebhookSender(HubObserver):
             self.emit("room_started", roomId=room.id)
         self.emit("user_joined", roomId=room.id, userId=member.user_id,
                   displayName=member.display_name, sessionId=member.session.id,
+                  ip=getattr(member.session.sink, "peer", None) or None,
                   rejoined=True if rejoined else None)
 
     def member_left(self, room: Room, member: Member, reason: str) -> None:

@@ -193,7 +193,8 @@ async def test_openapi_document_is_generated_from_models(api_server: RtcHub) -> 
         by_alias=True)["required"]
     assert doc["components"]["securitySchemes"]["apiKey"]["name"] == "X-API-Key"
     assert set(doc["paths"]) == {"/api/stats", "/api/rooms", "/api/rooms/{roomId}",
-                                 "/api/rooms/{roomId}/members", "/api/publish", "/api/disconnect",
+                                 "/api/rooms/{roomId}/members", "/api/rooms/{roomId}/media",
+                                 "/api/publish", "/api/disconnect",
                                  # recordings (tests/test_recordings_api.py)
                                  "/api/rooms/{roomId}/recording", "/api/recordings",
                                  "/api/recordings/{recordingId}",

@@ -93,6 +93,7 @@ async def test_each_event_once_with_valid_signature(make_server: Any) -> None:
         by_kind = {(e["event"], e.get("userId")): e for e in rx.events}
         assert by_kind[("user_left", "bob")]["reason"] == "left"
         assert by_kind[("user_joined", "alice")]["displayName"] == "Alice"
+        assert by_kind[("user_joined", "alice")]["ip"] == "127.0.0.1"
         assert all(e["roomId"] == "room" and e["node"] == app.hub.node_id for e in rx.events)
         assert app.webhooks.stats["failures"] == 0
     finally:

@@ -44,6 +44,12 @@ class PublishRequest(ApiModel):
     data: Any = Field(description="any JSON value; delivered unchanged as `data`")
 
 
+class MediaModeRequest(ApiModel):
+    """Declare the media mode of a room (before it is in use)."""
+
+    mode: Literal["mesh", "sfu"] = Field(description="mesh: peer-to-peer; sfu: through Janus")
+
+
 class DisconnectRequest(ApiModel):
     """End a user's sessions; their rooms' members get `user-left` with `reason`."""
 
@@ -95,6 +101,13 @@ class RoomInfo(ApiModel):
     member_count: int = Field(ge=0)
     age_seconds: float = Field(ge=0)
     members: list[MemberInfo]
+    media: Literal["mesh", "sfu"] | None = Field(
+        default=None, description="the room's media mode (null when not known on this node)")
+
+
+class MediaMode(ApiModel):
+    room_id: str
+    mode: Literal["mesh", "sfu"]
 
 
 class RoomMembers(ApiModel):
@@ -128,7 +141,7 @@ class Stats(ApiModel):
 
 class ErrorDetail(ApiModel):
     code: Literal["unauthorized", "not-found", "invalid-request", "api-disabled",
-                  "method-not-allowed",
+                  "method-not-allowed", "room-in-use", "sfu-unavailable",
                   # recordings and broadcasts (rtchub.media.service)
                   "recording-disabled", "broadcast-disabled", "room-not-found", "mesh-room",
                   "already-recording", "not-recording", "recording-busy", "disk-full",

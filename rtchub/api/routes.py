@@ -28,6 +28,8 @@ from rtchub.api.models import (
     DisconnectResult,
     ErrorBody,
     ErrorDetail,
+    MediaMode,
+    MediaModeRequest,
     MemberInfo,
     PublishRequest,
     PublishResult,
@@ -83,6 +85,15 @@ class ServerApi:
             Operation("GET", "/api/rooms/{roomId}/members", "getRoomMembers",
                       "Members of a room with display names", self.members,
                       {200: (RoomMembers, "the room's members")}, path_params=["roomId"]),
+            Operation("PUT", "/api/rooms/{roomId}/media", "setRoomMedia",
+                      "Set a room's media mode (mesh or sfu)", self.set_media,
+                      {200: (MediaMode, "the mode new joins of the room get"),
+                       409: (ErrorBody, "`room-in-use`: the room is in use with the other mode; "
+                                        "`sfu-unavailable`: this server has no SFU")},
+                      path_params=["roomId"], body=MediaModeRequest,
+                      description="Outranks the JWT `media` claim and the join's `media` field. "
+                                  "A room in use keeps its mode (409 `room-in-use`); `sfu` "
+                                  "needs an SFU (409 `sfu-unavailable`)."),
             Operation("POST", "/api/publish", "publish", "Publish a message to a room or one member",
                       self.publish, {200: (PublishResult, "handed to this many sessions")},
                       body=PublishRequest,
@@ -234,7 +245,18 @@ class ServerApi:
             # Its age is known only where it has members.
             return RoomInfo(room_id=roomId, member_count=len(members), age_seconds=0.0, members=members)
         return RoomInfo(room_id=room.id, member_count=len(room.members), age_seconds=self._age(room),
-                        members=[self._member(mb) for mb in room.members.values()])
+                        members=[self._member(mb) for mb in room.members.values()], media=room.media)
+
+    def set_media(self, roomId: str, body: MediaModeRequest) -> MediaMode | web.Response:  # noqa: N803
+        from rtchub.protocol.errors import ErrorCode, ProtocolError
+
+        try:
+            mode = self.app.sfu.declare_mode(roomId, body.mode)
+        except ProtocolError as err:
+            # 409 both: the request conflicts with the room's or the server's state.
+            code = err.code if err.code == ErrorCode.SFU_UNAVAILABLE else "room-in-use"
+            return _error(409, code, err.message)
+        return MediaMode(room_id=roomId, mode=mode)  # type: ignore[arg-type]
 
     async def members(self, roomId: str) -> RoomMembers | web.Response:  # noqa: N803
         room = self.hub.rooms.get(roomId)

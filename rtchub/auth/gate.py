@@ -30,17 +30,22 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from rtchub.auth.limits import Limits
+from rtchub.auth import forwarded
+from rtchub.auth.limits import TOO_MANY_REQUESTS, Limits
 from rtchub.core.hub import HubObserver
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
+from rtchub.transports.mux import ASK_AGAIN
 
 if TYPE_CHECKING:
+    import asyncio
+
     from aiohttp import web
 
     from rtchub.core.hub import Hub, JoinRequest
     from rtchub.core.session import Session
+    from rtchub.transports.mux import RequestHead
 
 log = logging.getLogger("rtchub.auth")
 
@@ -55,15 +60,18 @@ CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 class Admission:
     """The verdict on a handshake: ``status`` 0 admits, else the HTTP status to answer."""
 
-    __slots__ = ("status", "reason", "claims", "user_id", "display_name")
+    __slots__ = ("status", "reason", "claims", "user_id", "display_name", "client")
 
     def __init__(self, status: int = 0, reason: str = "", claims: dict[str, Any] | None = None,
-                 user_id: str | None = None, display_name: str | None = None) -> None:
+                 user_id: str | None = None, display_name: str | None = None,
+                 client: str = "") -> None:
         self.status = status
         self.reason = reason
         self.claims = claims
         self.user_id = user_id
         self.display_name = display_name
+        #: The client's address (:mod:`rtchub.auth.forwarded`): what the session logs and is limited by.
+        self.client = client
 
     @property
     def ok(self) -> bool:
@@ -105,6 +113,8 @@ class Gatekeeper:
         self.settings = settings
         self.allowed = {o.rstrip("/").lower() for o in settings.allowed_origin}
         self.limits = limits if limits is not None else Limits(settings)
+        #: The one decision of a request's client address (trusted proxies' headers).
+        self.client_address = forwarded.from_settings(settings)
         self.verifier = None
         if settings.auth == "jwt":
             from rtchub.auth.tokens import TokenVerifier
@@ -135,33 +145,73 @@ class Gatekeeper:
 
     def check(self, *, headers: Mapping[str, str], query: Mapping[str, str], peer: str,
               first_message_auth: bool = False) -> Admission:
-        """Decide a handshake. ``first_message_auth``: the transport can carry an
-        ``auth`` message (WebSocket), so a missing token is not yet a refusal."""
+        """Decide a handshake from TCP peer ``peer``. ``first_message_auth``: the
+        transport can carry an ``auth`` message (WebSocket), so a missing token
+        is not yet a refusal. The verdict's ``client`` is the address the
+        session is known by (the real client behind a trusted proxy)."""
+        client = self.client_address(peer, headers)
         if not self.origin_allowed(headers.get("Origin"), headers.get("Host")):
-            return Admission(403, "origin not allowed")
-        if not self.limits.admit_session(peer):
-            return Admission(429, "too many handshakes from this address")
+            return Admission(403, "origin not allowed", client=client)
+        if not self.limits.admit_session(client):
+            return Admission(429, "too many handshakes from this address", client=client)
         verifier = self.verifier
         if verifier is None:
-            return Admission()
+            return Admission(client=client)
         token = query.get("token") or bearer_token(headers.get("Authorization"))
         if not token:
             if first_message_auth:
-                return Admission()
-            return Admission(401, "token required")
+                return Admission(client=client)
+            return Admission(401, "token required", client=client)
         from rtchub.auth.tokens import TokenError
 
         try:
             claims = verifier.verify(token)
         except TokenError as exc:
-            return Admission(401, str(exc))
-        return Admission(claims=claims, user_id=claims["sub"], display_name=claims.get("name"))
+            return Admission(401, str(exc), client=client)
+        return Admission(claims=claims, user_id=claims["sub"], display_name=claims.get("name"),
+                         client=client)
 
     def check_request(self, request: web.Request) -> Admission:
         """:meth:`check` for a plain aiohttp route (``/ice-servers``, SSE, polling):
         a token is required there whenever auth is on."""
         return self.check(headers=request.headers, query=request.query,
                           peer=request.remote or "")
+
+    def admit_connection(self, transport: asyncio.BaseTransport, head: RequestHead | None = None) -> int:
+        """The per-IP connection limits (:meth:`Limits.admit_connection`) by client address.
+
+        The port mux calls this on accept (``head`` None), where only the TCP
+        peer is known. A connection from a trusted proxy is decided once its
+        request head is in (:data:`~rtchub.transports.mux.ASK_AGAIN`), by the
+        client the head names. A proxy pools its upstream connections and
+        sends many clients' requests over one, so only a WebSocket upgrade (a
+        connection that then belongs to one client for its life) is counted
+        against that client's open connections; every connection still takes
+        from its handshake rate.
+        """
+        peername = transport.get_extra_info("peername")
+        peer = peername[0] if peername else ""
+        if head is None:
+            if self.client_address.enabled and self.client_address.trusted(peer):
+                return ASK_AGAIN
+            return self.limits.admit_connection(transport, peer)
+        verdict = self.limits.admit_connection(
+            transport, self.client_address(peer, head.headers()), count=head.upgrade)
+        # Over the cap: answer 429 rather than reset, the proxy would make that a 502.
+        return TOO_MANY_REQUESTS if verdict < 0 else verdict
+
+    def hold_connection(self, transport: asyncio.BaseTransport | None, peer: str,
+                        client: str) -> bool:
+        """A WebSocket admitted on an already open connection: count it for its client.
+
+        A proxy may send an upgrade over one of its pooled connections, which
+        the port mux judged by an earlier request (:meth:`admit_connection`);
+        once upgraded, the connection is this client's until it closes.
+        Direct clients were counted on accept.
+        """
+        if transport is None or client == peer:
+            return True
+        return self.limits.hold(transport, client)
 
     def cors_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         """CORS answer headers for an admitted request (Fetch standard, CORS protocol).

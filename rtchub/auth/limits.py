@@ -14,9 +14,9 @@ number of connections itself, so this module counts, per client IP:
   sessions can be opened on one keep-alive connection (polling), and each
   holds a resume buffer.
 
-Behind a reverse proxy every client has the proxy's address: enforce these
-at the proxy instead (nginx ``limit_conn`` / ``limit_req``; docs/deploy.md)
-and set them to 0 here.
+Behind a reverse proxy every client has the proxy's address: list the proxy
+in ``--forwarded-allow-ips`` and the limits count the client it names
+(:mod:`rtchub.auth.forwarded`, :meth:`rtchub.auth.gate.Gatekeeper.admit_connection`).
 """
 
 from __future__ import annotations
@@ -66,16 +66,19 @@ class Limits:
             return 0
         return len(conns)
 
-    def admit_connection(self, transport: asyncio.BaseTransport) -> int:
-        """The :class:`~rtchub.transports.mux.PortMux` hook, called on every accept.
+    def admit_connection(self, transport: asyncio.BaseTransport, ip: str | None = None,
+                         count: bool = True) -> int:
+        """One more connection from ``ip`` (default: the TCP peer's address).
 
         Returns 0 to admit, a negative number to drop at once (over the
         connection cap: answering would cost what the cap saves), or an HTTP
         status to answer once the request head arrived (over the rate: the
-        client learns to back off rather than seeing a reset).
+        client learns to back off rather than seeing a reset). ``count``:
+        keep the connection in ``ip``'s open connections while it lives.
         """
-        peer = transport.get_extra_info("peername")
-        ip = peer[0] if peer else ""
+        if ip is None:
+            peer = transport.get_extra_info("peername")
+            ip = peer[0] if peer else ""
         s = self.settings
         if s.max_connections_per_ip > 0 and self.connections(ip) >= s.max_connections_per_ip:
             self.refused["connections"] += 1
@@ -83,9 +86,24 @@ class Limits:
         if not self._take(self.conn_buckets, ip, s.max_handshakes_per_ip):
             self.refused["handshakes"] += 1
             return TOO_MANY_REQUESTS
-        if s.max_connections_per_ip > 0:
+        if count and s.max_connections_per_ip > 0:
             self.open.setdefault(ip, set()).add(transport)
         return 0
+
+    def hold(self, transport: asyncio.BaseTransport, ip: str) -> bool:
+        """Count ``transport`` among ``ip``'s open connections, unless that is over the cap.
+
+        For a connection whose client is known only after accept: a WebSocket
+        upgraded on a reverse proxy's pooled keep-alive connection.
+        """
+        cap = self.settings.max_connections_per_ip
+        if cap <= 0 or transport in self.open.get(ip, ()):
+            return True
+        if self.connections(ip) >= cap:
+            self.refused["connections"] += 1
+            return False
+        self.open.setdefault(ip, set()).add(transport)
+        return True
 
     # --------------------------------------------------------------- sessions
     def admit_session(self, ip: str) -> bool:

@@ -122,6 +122,12 @@ def check_claims(claims: dict[str, Any]) -> None:
         type(rooms) is str or (type(rooms) is list and all(type(r) is str for r in rooms))
     ):
         raise TokenError("token rooms must be a list of room names or patterns")
+    # SFU grants (docs/sfu.md): booleans, default true; media: the mode of a room it creates.
+    for grant in ("canPublish", "canSubscribe"):
+        if grant in claims and type(claims[grant]) is not bool:
+            raise TokenError(f"token {grant} must be true or false")
+    if claims.get("media") not in (None, "mesh", "sfu"):
+        raise TokenError("token media must be mesh or sfu")
 
 
 def room_patterns(claims: dict[str, Any]) -> list[str] | None:

@@ -84,7 +84,7 @@ def evaluate(rows: list[Metric], quick: bool, skipped: dict[str, str]) -> list[T
 
 
 def report_markdown(meta: dict[str, Any], rows: list[Metric], targets: list[Target],
-                    skipped: dict[str, str], servers: list[str]) -> str:
+                    skipped: dict[str, str], servers: list[str], chart: str | None = None) -> str:
     v = meta["versions"]
     mach = meta["machine"]
     lines = [
@@ -112,6 +112,9 @@ def report_markdown(meta: dict[str, Any], rows: list[Metric], targets: list[Targ
         markdown_table(rows, servers),
         "",
     ]
+    if chart:
+        lines += [f"![The headline comparisons of this run, one panel per metric ({chart})]({chart})",
+                  ""]
     if skipped:
         lines += [f"- {name}: not run: {why}" for name, why in skipped.items()] + [""]
     lines += ["## Targets (issue 10)", "", targets_table(targets), ""]
@@ -152,7 +155,18 @@ def run(args: argparse.Namespace) -> int:
         if notes_file.exists():
             meta["notes"] = notes_file.read_text()
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(report_markdown(meta, rows, targets, outcome["skipped"], servers))
+        # The same-run comparison as a picture, next to the report (rtchub.bench.chart).
+        from rtchub.bench.chart import caption_for, draw, values_from_rows
+
+        chart = Path(args.write).with_suffix(".png")
+        drawn = None
+        try:
+            draw(values_from_rows(rows), servers, chart, caption_for(meta))
+            drawn = chart.name
+        except ValueError as exc:  # nothing measured that the chart shows
+            say(f"no chart: {exc}")
+        Path(args.write).write_text(
+            report_markdown(meta, rows, targets, outcome["skipped"], servers, chart=drawn))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         payload = dict(meta, results=outcome["raw"], skipped=outcome["skipped"],

@@ -10,7 +10,9 @@ Sizes (full / ``--quick``):
 - ``idle``: 10,000 / 2,000 joined idle connections, server RSS growth per
   connection, compression off and on;
 - ``fanout``: one room of 200, ``message`` broadcast by 4 senders;
-- ``cross-node``: ``relay`` across two rtchub nodes sharing Redis.
+- ``cross-node``: ``relay`` across two rtchub nodes sharing Redis;
+- ``sfu``: join -> first remote frame, mesh vs SFU, rtchub CPU per SFU join,
+  Janus CPU per forwarded stream (rtchub.bench.sfu, inside tools/netns-run).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary
 
 log = logging.getLogger("rtchub.bench")
 
-SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node")
+SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "sfu")
 
 
 @dataclass
@@ -116,6 +118,25 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
     return raw
 
 
+def sfu_rows(plan: Plan, rows: dict[tuple[str, str], Metric]) -> dict[str, Any]:
+    """The SFU scenario's numbers as rows of the rtchub column (rtchub.bench.sfu)."""
+    from rtchub.bench.sfu import run_in_namespace
+
+    r = run_in_namespace(plan.quick)
+
+    def put(name: str, unit: str, value: float | None) -> None:
+        metric = rows.setdefault(("sfu", name), Metric("sfu", name, unit, False))
+        metric.values["rtchub"] = value
+
+    put("join → first remote frame p50, mesh (2 parties)", "ms", r["mesh_first_frame_ms"]["p50"])
+    put("join → first remote frame p99, mesh (2 parties)", "ms", r["mesh_first_frame_ms"]["p99"])
+    put("join → first remote frame p50, SFU", "ms", r["sfu_first_frame_ms"]["p50"])
+    put("join → first remote frame p99, SFU", "ms", r["sfu_first_frame_ms"]["p99"])
+    put("rtchub CPU per SFU join", "ms", r["rtchub_cpu_ms_per_sfu_join"])
+    put(f"Janus CPU per forwarded stream ({r['stream']})", "% of a core", r["janus_cpu_pct_per_stream"])
+    return r
+
+
 def broker_available() -> str | None:
     """Why cross-node cannot run, or None when ``--broker redis://`` is implemented."""
     import importlib.util
@@ -132,6 +153,14 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
     skipped: dict[str, str] = {}
     configs = scenario_configs(plan)
     for scenario in scenarios:
+        if scenario == "sfu":
+            say("sfu: aiortc bots and Janus in a private network namespace ...")
+            try:
+                raw[scenario] = sfu_rows(plan, rows)
+            except Exception as exc:  # Janus missing, no namespace: say so, run the rest
+                skipped[scenario] = f"failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                say(f"sfu: {skipped[scenario]}")
+            continue
         if scenario == "cross-node":
             why = broker_available()
             if why:

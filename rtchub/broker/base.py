@@ -62,6 +62,10 @@ class SessionState:
     inbox: list[bytes]
 
 
+#: ``expect`` of :meth:`Broker.map_set` meaning "whatever the current value is".
+ANY: Any = object()
+
+
 #: One operation of a :meth:`Broker.run` batch, as a tuple ``(name, *args)``:
 #:
 #: - ``("send", node, payload, inbox_ttl_ms)``: publish ``payload`` on ``node``'s channel; if
@@ -164,6 +168,22 @@ class Broker:
 
     async def nodes(self) -> set[str]:
         """Every node whose heartbeat key exists."""
+        raise NotImplementedError
+
+    # Shared maps: small cluster-wide state of other parts (the SFU's room
+    # placement, room media modes and track directory: rtchub.sfu.placement).
+    async def map_all(self, name: str) -> dict[str, str]:
+        """Every ``key -> value`` of map ``name`` (empty when it does not exist)."""
+        raise NotImplementedError
+
+    async def map_set(self, name: str, key: str, value: str | None,
+                      expect: str | None | object = ANY) -> tuple[bool, str | None]:
+        """Set (``value``) or delete (``None``) ``key`` of map ``name`` (*atomic*).
+
+        With ``expect`` given, only when the current value equals it (``None``:
+        the key is absent): a compare-and-set, so two nodes placing the same
+        room cannot both win. Returns ``(done, value now)``.
+        """
         raise NotImplementedError
 
 

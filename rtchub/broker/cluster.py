@@ -483,8 +483,11 @@ class Cluster(HubObserver):
         if not stub.rooms and self.stubs.get(stub.id) is stub:
             del self.stubs[stub.id]
 
-    def _new_room(self, room_id: str) -> Room:
-        room = self.hub.rooms[room_id] = Room(room_id, self.hub.clock())
+    def _new_room(self, room_id: str, media: str | None = None) -> Room:
+        """A room made here for members elsewhere; ``media``: its mode when a join knew it
+        (rtchub.sfu's gate decides it cluster-wide before the claim)."""
+        room = self.hub.rooms[room_id] = Room(room_id, self.hub.clock(),
+                                              media or self.settings.media_mode)
         for obs in self.hub.observers:
             if obs is not self:
                 obs.room_created(room)
@@ -639,8 +642,9 @@ class Cluster(HubObserver):
                      key: tuple[str, str]) -> None:
         room_id, uid = req.room_id, req.user_id
         try:
+            limit = self.hub.room_limit(req.media or self.settings.media_mode)
             res = await self.broker.claim(room_id, uid, session.id, req.display_name or uid,
-                                          self.settings.max_room_members, self.ttl_ms)
+                                          limit, self.ttl_ms)
         except BrokerDown as exc:
             self._down(exc)
             self._abandon(key)
@@ -651,7 +655,7 @@ class Cluster(HubObserver):
             self._abandon(key)
             if res.status == "full":
                 err = ProtocolError(ErrorCode.ROOM_FULL, f"room {room_id!r} is full "
-                                    f"({self.settings.max_room_members})", req.msg_id)
+                                    f"({limit})", req.msg_id)
             else:
                 err = ProtocolError(ErrorCode.USER_ID_TAKEN,
                                     f"userId {uid!r} is already in room {room_id!r}", req.msg_id)
@@ -667,7 +671,7 @@ class Cluster(HubObserver):
         room = self.hub.rooms.get(room_id)
         others = {u: e for u, e in res.members.items() if e["n"] != self.node}
         if room is None and (others or rep is not None and rep["n"] != self.node):
-            room = self._new_room(room_id)
+            room = self._new_room(room_id, req.media)
         if room is not None:
             for u, e in others.items():
                 if e["s"] not in self.tomb:

@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 import orjson
 
-from rtchub.broker.base import Broker, Claim, Op, SessionState
+from rtchub.broker.base import ANY, Broker, Claim, Op, SessionState
 
 
 class MemoryBus:
@@ -33,6 +33,7 @@ class MemoryBus:
         self.buffers: dict[str, list[bytes]] = {}
         self.inboxes: dict[str, list[bytes]] = {}
         self.version = 0
+        self.maps: dict[str, dict[str, str]] = {}
 
     def node_alive(self, node: str) -> bool:
         return self.node_keys.get(node, 0.0) > time.monotonic()
@@ -199,3 +200,20 @@ class MemoryBroker(Broker):
 
     async def drain(self, sids: list[str]) -> dict[str, list[bytes]]:
         return {sid: box for sid in sids if (box := self.bus.inboxes.pop(sid, None))}
+
+    async def map_all(self, name: str) -> dict[str, str]:
+        return dict(self.bus.maps.get(name, {}))
+
+    async def map_set(self, name: str, key: str, value: str | None,
+                      expect: str | None | object = ANY) -> tuple[bool, str | None]:
+        m = self.bus.maps.setdefault(name, {})
+        cur = m.get(key)
+        if expect is not ANY and cur != expect:
+            return False, cur
+        if value is None:
+            m.pop(key, None)
+            if not m:
+                del self.bus.maps[name]
+        else:
+            m[key] = value
+        return True, value

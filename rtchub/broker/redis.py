@@ -30,7 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from rtchub.broker.base import Broker, BrokerDown, Claim, Op, SessionState
+from rtchub.broker.base import ANY, Broker, BrokerDown, Claim, Op, SessionState
 
 log = logging.getLogger("rtchub.broker")
 
@@ -132,6 +132,16 @@ end
 return 0
 """
 
+# map_set: ARGV[2] map, ARGV[3] key, ARGV[4] value ('' deletes), ARGV[5] '1' when
+# conditional, ARGV[6] the expected value ('' = absent). Returns {done, value now}.
+_MAPSET = """
+local k = ARGV[1] .. 'm:' .. ARGV[2]
+local cur = redis.call('HGET', k, ARGV[3]) or ''
+if ARGV[5] == '1' and cur ~= ARGV[6] then return {0, cur} end
+if ARGV[4] == '' then redis.call('HDEL', k, ARGV[3]) else redis.call('HSET', k, ARGV[3], ARGV[4]) end
+return {1, ARGV[4]}
+"""
+
 _TAKE = """
 local p = ARGV[1]
 local sk = p .. 's:' .. ARGV[2]
@@ -182,7 +192,7 @@ return 1
 
 SCRIPTS = {"claim": _CLAIM, "unclaim": _UNCLAIM, "release": _RELEASE, "conn": _CONN,
            "move": _MOVE, "forward": _FORWARD, "take": _TAKE, "drain": _DRAIN,
-           "version": _VERSION, "mirror": _MIRROR}
+           "version": _VERSION, "mirror": _MIRROR, "mapset": _MAPSET}
 
 
 def _pairs(flat: list[bytes]) -> dict[str, bytes]:
@@ -452,3 +462,18 @@ class RedisBroker(Broker):
         except (RedisError, OSError, KeyError) as exc:
             raise BrokerDown(str(exc)) from exc
         return {sid: list(box) for sid, box in zip(sids, found, strict=True) if box}
+
+    async def map_all(self, name: str) -> dict[str, str]:
+        try:
+            raw = await self.r.hgetall(f"{self.p}m:{name}")
+        except (RedisError, OSError) as exc:
+            raise BrokerDown(str(exc)) from exc
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def map_set(self, name: str, key: str, value: str | None,
+                      expect: str | None | object = ANY) -> tuple[bool, str | None]:
+        conditional = expect is not ANY
+        done, now = await self._eval("mapset", name, key, value or "", "1" if conditional else "0",
+                                     (expect or "") if conditional else "")
+        now = now.decode() if isinstance(now, bytes) else now
+        return bool(done), now or None

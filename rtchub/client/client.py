@@ -450,9 +450,15 @@ class Client:
         return await asyncio.wait_for(fut, timeout or self.ack_timeout)
 
     async def join(self, room_id: str, user_id: str | None = None,
-                   display_name: str | None = None, timeout: float | None = None) -> dict[str, Any]:
-        """Join a room; returns ``room-info`` (raises :class:`ClientError` on refusal)."""
+                   display_name: str | None = None, timeout: float | None = None,
+                   media: str | None = None) -> dict[str, Any]:
+        """Join a room; returns ``room-info`` (raises :class:`ClientError` on refusal).
+
+        ``media`` (``mesh`` or ``sfu``) is the mode asked for if this join creates the room.
+        """
         msg: dict[str, Any] = {"type": "join", "roomId": room_id}
+        if media is not None:
+            msg["media"] = media
         if user_id is not None:
             msg["userId"] = user_id
         if display_name is not None:

@@ -23,7 +23,7 @@ from rtchub import SERVER_NAME, __version__
 from rtchub.core.ids import session_id
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.ratelimit import TokenBucket
-from rtchub.core.room import Member, Room
+from rtchub.core.room import MEDIA_MODES, Member, Room
 from rtchub.core.session import Session, Sink
 from rtchub.protocol import messages as m
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -63,14 +63,23 @@ class HubObserver:
 JoinGate = Callable[[Session, "JoinRequest", Callable[..., None]], None]
 
 
-class JoinRequest:
-    __slots__ = ("room_id", "user_id", "display_name", "msg_id")
+#: Handler of one client message type: ``handler(session, msg, msg_id)``. It
+#: raises ProtocolError for a bad message; anything it starts asynchronously
+#: answers later through :meth:`Hub.send` / :meth:`Hub.error` / :meth:`Hub.accept`.
+Handler = Callable[[Session, dict[str, Any], Any], None]
 
-    def __init__(self, room_id: str, user_id: str, display_name: str | None, msg_id: Any) -> None:
+
+class JoinRequest:
+    __slots__ = ("room_id", "user_id", "display_name", "msg_id", "media")
+
+    def __init__(self, room_id: str, user_id: str, display_name: str | None, msg_id: Any,
+                 media: str | None = None) -> None:
         self.room_id = room_id
         self.user_id = user_id
         self.display_name = display_name
         self.msg_id = msg_id
+        #: The media mode the join asks for (``media`` field), or one a gate decided.
+        self.media = media
 
 
 class Hub:
@@ -91,7 +100,7 @@ class Hub:
         #: ``authenticate(session, token) -> None`` raising ProtocolError when
         #: the token is refused; set by the auth layer. ``None`` = open mode.
         self.authenticate: Callable[[Session, str], None] | None = None
-        self._handlers: dict[str, Callable[[Session, dict[str, Any], Any], None]] = {
+        self._handlers: dict[str, Handler] = {
             "offer": self._relay,
             "answer": self._relay,
             "candidate": self._relay,
@@ -104,6 +113,10 @@ class Hub:
             "resume": self._resume,
         }
         self.welcome_extra: dict[str, Any] = {}
+        #: ``media_policy(session, request) -> "mesh" | "sfu"``: the media mode of a
+        #: room this join creates (may raise ProtocolError). ``None``: the join's
+        #: own ``media`` field, else ``--media-mode``. Set by rtchub.sfu.
+        self.media_policy: Callable[[Session, JoinRequest], str] | None = None
         #: ``resume_elsewhere(session, old_id, last_seq, msg_id)``: set by the cluster
         #: (rtchub.broker.cluster) to resume a session another node holds; it
         #: answers asynchronously. ``None`` on a single node. The cluster also
@@ -112,6 +125,22 @@ class Hub:
         #: Messages numbered by :meth:`send`, by type: plain ints, so counting costs the
         #: hot path one dict update; rtchub.metrics exports them at scrape time.
         self.sent: dict[str, int] = {}
+
+    def register(self, mtype: str, handler: Handler) -> None:
+        """Add a client message type (the SFU's ``publish``, ``subscribe``...).
+
+        The one way other parts extend the protocol: a type can be registered
+        once, and the hub's own types cannot be replaced.
+        """
+        if mtype in self._handlers:
+            raise ValueError(f"message type {mtype!r} is already handled")
+        self._handlers[mtype] = handler
+
+    def room_limit(self, media: str) -> int:
+        """Members allowed in a room of this media mode: a mesh costs every member
+        one stream per other member, an SFU one stream up."""
+        s = self.settings
+        return s.max_sfu_room_members if media == "sfu" else s.max_room_members
 
     # ------------------------------------------------------------------ sessions
     def open(self, sink: Sink | None, *, user_id: str | None = None,
@@ -254,7 +283,7 @@ class Hub:
     def receive(self, session: Session, msg: Any) -> None:
         """Handle one decoded client message. Never raises for bad input."""
         try:
-            mtype = m.message_type(msg)
+            mtype = m.message_type(msg, self._handlers)
             msg_id = m.message_id(msg)
         except ProtocolError as err:
             self.error(session, err)
@@ -288,6 +317,10 @@ class Hub:
                 ErrorCode.INVALID_MESSAGE,
                 "message cannot be relayed: nested too deeply or not JSON-representable", msg_id))
 
+    def accept(self, session: Session, msg_id: Any) -> None:
+        """Acknowledge a message handled asynchronously (``ack``, and resend dedup)."""
+        self._accepted(session, msg_id)
+
     def _accepted(self, session: Session, msg_id: Any) -> None:
         if msg_id is not None:
             session.remember_id(msg_id)
@@ -319,6 +352,10 @@ class Hub:
         room_id = m.check_id(msg.get("roomId"), "roomId", msg_id)
         wanted = m.optional_id(msg, "userId", msg_id)
         name = m.display_name(msg, msg_id)
+        media = msg.get("media")
+        if media is not None and media not in MEDIA_MODES:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                                f"media must be one of {', '.join(MEDIA_MODES)}", msg_id)
         bucket = session.join_bucket
         if bucket is not None and not bucket.take(self.clock()):
             raise ProtocolError(ErrorCode.RATE_LIMITED, "too many join attempts", msg_id)
@@ -340,7 +377,7 @@ class Hub:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN,
                 f"at most {self.settings.max_rooms_per_connection} rooms per connection", msg_id)
-        request = JoinRequest(room_id, user_id, name or session.display_name, msg_id)
+        request = JoinRequest(room_id, user_id, name or session.display_name, msg_id, media)
         self._run_gates(session, request, 0)
 
     def _run_gates(self, session: Session, req: JoinRequest, index: int) -> None:
@@ -398,12 +435,14 @@ class Hub:
                 if not old.rooms:
                     self.end(old, "rejoined")
                 rejoined = True
-            elif len(room.members) >= self.settings.max_room_members:
+            elif len(room.members) >= (limit := self.room_limit(room.media)):
                 raise ProtocolError(ErrorCode.ROOM_FULL,
-                                    f"room {room_id!r} is full ({self.settings.max_room_members})",
-                                    req.msg_id)
+                                    f"{room.media} room {room_id!r} is full ({limit})", req.msg_id)
         else:
-            room = self.rooms[room_id] = Room(room_id, self.clock())
+            policy = self.media_policy
+            media = policy(session, req) if policy is not None else (
+                req.media or self.settings.media_mode)
+            room = self.rooms[room_id] = Room(room_id, self.clock(), media)
             for obs in self.observers:
                 obs.room_created(room)
         session.user_id = user_id

@@ -20,15 +20,21 @@ class Member:
         return {"userId": self.user_id, "displayName": self.display_name}
 
 
+#: How a room's media flows: ``mesh`` (peer-to-peer, relayed offers) or ``sfu``
+#: (through Janus: rtchub.sfu). Decided when the room is created (Hub.media_policy).
+MEDIA_MODES = ("mesh", "sfu")
+
+
 class Room:
     """A named set of members; exists while it has at least one."""
 
-    __slots__ = ("id", "members", "created_at")
+    __slots__ = ("id", "members", "created_at", "media")
 
-    def __init__(self, room_id: str, now: float) -> None:
+    def __init__(self, room_id: str, now: float, media: str = "mesh") -> None:
         self.id = room_id
         self.members: dict[str, Member] = {}
         self.created_at = now
+        self.media = media
 
     def info(self, joiner: str) -> dict[str, Any]:
         """``room-info`` for ``joiner``: who is already there, the joiner excluded."""
@@ -38,4 +44,5 @@ class Room:
             "roomId": self.id,
             "users": [mb.user_id for mb in others],
             "members": [mb.describe() for mb in others],
+            "media": self.media,
         }

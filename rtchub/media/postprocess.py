@@ -42,6 +42,11 @@ VIDEO_EXT = {"vp8": "webm", "vp9": "webm", "h264": "mkv", "av1": "mkv", "h265": 
 COMPOSED = "composed.mp4"
 
 
+def _safe(name: str) -> str:
+    """A user id as a file-name part (API path ids allow A-Z a-z 0-9 _ . : @ -)."""
+    return re.sub(r"[^A-Za-z0-9_.@-]", "_", name)[:40]
+
+
 class MediaPipelineError(Exception):
     pass
 
@@ -67,14 +72,22 @@ class Person:
 
 
 def group(raw: Path) -> list[Person]:
-    people: dict[str, Person] = {}
+    """Tracks by publisher. Each track file has its own timestamp; a publisher who
+    publishes again (a second audio or video file) starts a new person-session."""
+    by_feed: dict[str, list[tuple[int, Track]]] = {}
     for path in sorted(raw.glob("*.mjr")):
         m = MJR.match(path.name)
-        if m is None:
-            continue
-        key = f"{m['user']}-{m['ts']}"
-        people.setdefault(key, Person(key, m["user"])).tracks.append(Track(path, m["kind"]))
-    return list(people.values())
+        if m is not None:
+            by_feed.setdefault(m["user"], []).append((int(m["ts"]), Track(path, m["kind"])))
+    people: list[Person] = []
+    for feed, tracks in by_feed.items():
+        current: Person | None = None
+        for _, track in sorted(tracks, key=lambda x: x[0]):
+            if current is None or any(t.kind == track.kind for t in current.tracks):
+                current = Person(f"{feed}-{len([p for p in people if p.user == feed]) + 1}", feed)
+                people.append(current)
+            current.tracks.append(track)
+    return people
 
 
 async def header(track: Track) -> None:
@@ -147,6 +160,7 @@ async def process_recording(store: RecordingStore, rec: RecordingInfo, runner: J
     first = min(p.first_us for p in people)
     tiles: list[Tile] = []
     inputs: list[Path] = []
+    seen = {p.id: p for p in rec.participants}  # feed -> who, as seen live while recording
     rec.participants = []
     for person in people:
         media = [t for t in person.tracks if t.media is not None]
@@ -158,14 +172,17 @@ async def process_recording(store: RecordingStore, rec: RecordingInfo, runner: J
             argv += ["-itsoffset", f"{(t.first_us - person.first_us) / 1e6:.3f}", "-i", str(t.media)]
         for i in range(len(media)):
             argv += ["-map", str(i)]
-        name = f"{person.key}.mkv"
+        who = seen.get(person.user)
+        user = who.user_id if who is not None and who.user_id else person.user
+        name = f"{_safe(user)}-{person.key}.mkv"
         part = out_dir / f"{name}.part"
         await _run(runner, rec, f"mux {name}", [*argv, "-c", "copy", "-f", "matroska", str(part)])
         dur = await duration(part)
         store.add_file(rec, part, FileInfo(name=name, kind="participant", participant=person.key,
                                            size=0, duration=dur, content_type="video/x-matroska"))
         start = (person.first_us - first) / 1e6
-        rec.participants.append(ParticipantInfo(id=person.key, user_id=person.user,
+        rec.participants.append(ParticipantInfo(id=person.key, user_id=user,
+                                                display_name=who.display_name if who else None,
                                                 joined_at=person.first_us / 1e6,
                                                 left_at=person.first_us / 1e6 + (dur or 0)))
         idx = len(inputs)

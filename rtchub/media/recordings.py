@@ -137,7 +137,7 @@ class RecordingStore:
 
     def __init__(self, root: str | os.PathLike[str], *, min_free_bytes: int = 0,
                  retention_seconds: float = 0.0) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # Janus is told this path: absolute
         self.min_free_bytes = min_free_bytes
         self.retention_seconds = retention_seconds
         self.items: dict[str, RecordingInfo] = {}

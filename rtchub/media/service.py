@@ -22,15 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rtchub.core.hub import HubObserver
 from rtchub.media.jobs import JobRunner
-from rtchub.media.recordings import RecordingInfo, RecordingStore, State
+from rtchub.media.recordings import ParticipantInfo, RecordingInfo, RecordingStore, State
+from rtchub.protocol.errors import ErrorCode, ProtocolError
 from rtchub.timers import Periodic
 
 if TYPE_CHECKING:
     from rtchub.app import RtcHub
+    from rtchub.core.room import Member, Room
+    from rtchub.core.session import Session
 
 log = logging.getLogger("rtchub.media")
 
@@ -49,7 +54,12 @@ class MediaError(Exception):
         return f"{self.code}: {self.message}"
 
 
-class MediaService:
+#: How a refusal reads in the call protocol (``error`` codes of docs/protocol.md).
+PROTOCOL_CODES = {"mesh-room": ErrorCode.WRONG_MEDIA_MODE, "room-not-found": ErrorCode.NOT_IN_ROOM,
+                  "media-server-error": ErrorCode.SFU_UNAVAILABLE}
+
+
+class MediaService(HubObserver):
     """Recordings and broadcasts of one server (started and stopped with it)."""
 
     def __init__(self, app: RtcHub) -> None:
@@ -66,6 +76,65 @@ class MediaService:
         self._disk = Periodic(DISK_CHECK_INTERVAL, self._check_disk, "recording-disk")
         self._retention = Periodic(RETENTION_INTERVAL, self._sweep, "recording-retention")
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.hub = app.hub
+        self.hub.observers.append(self)
+        self.hub.register("record", self._on_record)
+
+    # ------------------------------------------------------------- the call
+    def _on_record(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
+        """``{type: "record", roomId, action: "start"|"stop"}``: needs the ``canRecord`` grant.
+
+        Without auth (no claims) anyone in the room may; with a token, only
+        one that says ``canRecord: true`` (recording is opt-in, unlike
+        publishing: people must agree to it, so the default is no).
+        """
+        room_id, action = msg.get("roomId"), msg.get("action")
+        if action not in ("start", "stop"):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "action must be start or stop", msg_id)
+        if type(room_id) is not str or room_id not in session.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"not in room {room_id!r}", msg_id)
+        if session.claims is not None and session.claims.get("canRecord") is not True:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "your token does not grant canRecord", msg_id)
+
+        async def work() -> None:
+            try:
+                if action == "start":
+                    await self.start_recording(room_id, started_by=session.user_id)
+                else:
+                    await self.stop_recording(room_id)
+            except MediaError as exc:
+                code = PROTOCOL_CODES.get(exc.code, ErrorCode.FORBIDDEN)
+                self.hub.error(session, ProtocolError(code, f"{exc.code}: {exc.message}", msg_id))
+                return
+            self.hub.accept(session, msg_id)
+
+        self._spawn(work())
+
+    def _notice(self, room_id: str, rec: RecordingInfo | None) -> dict[str, Any]:
+        """The ``recording`` server message: everyone in the room must know."""
+        out: dict[str, Any] = {"type": "recording", "roomId": room_id, "active": rec is not None}
+        if rec is not None:
+            out.update(recordingId=rec.id, startedBy=rec.started_by, since=rec.started_at)
+        return out
+
+    def _announce(self, room_id: str, rec: RecordingInfo | None) -> None:
+        if room_id in self.hub.rooms:
+            self.hub.publish(room_id, self._notice(room_id, rec))
+
+    def member_joined(self, room: Room, member: Member, rejoined: bool) -> None:
+        rec_id = self.active.get(room.id)
+        if rec_id is not None and self.store is not None and rec_id in self.store.items:
+            self.hub.send_msg(member.session, self._notice(room.id, self.store.items[rec_id]))
+
+    def room_closed(self, room: Room) -> None:
+        if room.id in self.active:
+            self._spawn(self._stop_quietly(room.id))
+
+    async def _stop_quietly(self, room_id: str) -> None:
+        try:
+            await self.stop_recording(room_id)
+        except MediaError:
+            pass
 
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -114,6 +183,7 @@ class MediaService:
             return
         if self.active.get(rec.room_id) == rec.id:
             del self.active[rec.room_id]
+            self._announce(rec.room_id, None)
         self.store.fail(rec, reason)
         log.warning("recording %s of room %s failed: %s", rec.id, rec.room_id, reason)
         self.emit("recording_failed", rec)
@@ -153,6 +223,7 @@ class MediaService:
             self.fail(rec, f"the media server did not start recording: {exc}")
             raise MediaError(502, "media-server-error", str(exc)) from exc
         self.emit("recording_started", rec)
+        self._announce(room_id, rec)
         return rec
 
     async def stop_recording(self, room_id: str) -> RecordingInfo:
@@ -166,6 +237,7 @@ class MediaService:
         except Exception as exc:
             log.warning("stopping the recording of %s at the media server: %s", room_id, exc)
         store.transition(rec, State.PROCESSING)
+        self._announce(room_id, None)
         self._spawn(self.process(rec))
         return rec
 
@@ -186,17 +258,39 @@ class MediaService:
         store.transition(rec, State.READY)
         self.emit("recording_ready", rec)
 
+    async def _who(self, rec: RecordingInfo) -> None:
+        """Who publishes now (feed -> user), so the files can be named after people."""
+        sfu = getattr(self.app, "sfu", None)
+        if sfu is None:
+            return
+        try:
+            feeds = await sfu.feeds(rec.room_id)
+        except Exception:  # the broker or Janus is away for a moment: next second
+            return
+        known = {p.id for p in rec.participants}
+        for feed, info in feeds.items():
+            if feed not in known:
+                member = self.hub.rooms.get(rec.room_id)
+                mb = member.members.get(info["user"]) if member is not None else None
+                rec.participants.append(ParticipantInfo(
+                    id=feed, user_id=info["user"], joined_at=time.time(),
+                    display_name=mb.display_name if mb is not None else None))
+
     def _check_disk(self) -> None:
         """Disk-full policy: stop every running recording, fail it, say why."""
         store = self.store
         if store is None or not self.active:
             return
+        for rec_id in self.active.values():
+            if rec_id in store.items:
+                self._spawn(self._who(store.items[rec_id]))
         ok, reason = store.disk_ok()
         if ok:
             return
         for room_id, rec_id in list(self.active.items()):
             rec = store.items.get(rec_id)
             self.active.pop(room_id, None)
+            self._announce(room_id, None)
             sfu = getattr(self.app, "sfu", None)
             if sfu is not None:
                 self._spawn(sfu.stop_recording(room_id))

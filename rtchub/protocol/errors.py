@@ -26,11 +26,16 @@ class ErrorCode:
     RATE_LIMITED = "rate-limited"
     SESSION_EXPIRED = "session-expired"
     INTERNAL = "internal"
+    # SFU rooms (docs/protocol.md "SFU media"):
+    SFU_UNAVAILABLE = "sfu-unavailable"   # no Janus server reachable (retry later)
+    BAD_SDP = "bad-sdp"                   # the SDP was refused (by rtchub or by Janus)
+    TRACK_NOT_FOUND = "track-not-found"   # no such track in that room
+    WRONG_MEDIA_MODE = "wrong-media-mode"  # an SFU message in a mesh room
 
     ALL = (
         INVALID_JSON, INVALID_MESSAGE, UNKNOWN_TYPE, NOT_IN_ROOM, PEER_NOT_FOUND,
         ROOM_FULL, USER_ID_TAKEN, UNAUTHORIZED, FORBIDDEN, RATE_LIMITED,
-        SESSION_EXPIRED, INTERNAL,
+        SESSION_EXPIRED, INTERNAL, SFU_UNAVAILABLE, BAD_SDP, TRACK_NOT_FOUND, WRONG_MEDIA_MODE,
     )
 
 

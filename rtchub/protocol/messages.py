@@ -9,6 +9,7 @@ model object. Unknown extra fields are ignored, never an error (PROTOCOL.md).
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 from typing import Any
 
 from rtchub.protocol.errors import ErrorCode, ProtocolError
@@ -79,14 +80,17 @@ def display_name(msg: dict[str, Any], msg_id: Any) -> str | None:
     return "".join(ch for ch in value if ch.isprintable()).strip() or None
 
 
-def message_type(msg: Any) -> str:
-    """The ``type`` of a decoded message, or a ProtocolError explaining why not."""
+def message_type(msg: Any, known: Container[str] = CLIENT_TYPES) -> str:
+    """The ``type`` of a decoded message, or a ProtocolError explaining why not.
+
+    ``known``: the types the hub handles (CLIENT_TYPES plus registered ones).
+    """
     if type(msg) is not dict:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "a message must be an object")
     mtype = msg.get("type")
     if type(mtype) is not str:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "type must be a string", _safe_id(msg))
-    if mtype not in CLIENT_TYPES:
+    if mtype not in known:
         raise ProtocolError(
             ErrorCode.UNKNOWN_TYPE, f"unknown message type {mtype[:40]!r}", _safe_id(msg)
         )

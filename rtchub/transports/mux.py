@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from multidict import CIMultiDict
 from picows.picows import WSAutoPingStrategy
 
 from rtchub.transports.coalesce import CoalescingWSProtocol
@@ -25,14 +26,18 @@ log = logging.getLogger("rtchub.mux")
 #: Request heads larger than this are refused, as picows and aiohttp also do.
 MAX_HEAD = 16 * 1024
 WS_PATHS = (b"/ws", b"/signaling")
+#: An ``admit`` verdict on accept: "ask me again with the request head"
+#: (a connection from a trusted proxy is judged by the client its head names).
+ASK_AGAIN = 1
 
 
 class RequestHead:
     """Just enough of the request head to route it."""
 
-    __slots__ = ("path", "upgrade", "deflate")
+    __slots__ = ("path", "upgrade", "deflate", "raw")
 
     def __init__(self, head: bytes) -> None:
+        self.raw = head
         line, _, rest = head.partition(b"\r\n")
         parts = line.split(b" ")
         target = parts[1] if len(parts) == 3 else b""
@@ -41,13 +46,24 @@ class RequestHead:
         self.upgrade = b"upgrade: websocket" in lower or b"upgrade:websocket" in lower
         self.deflate = b"permessage-deflate" in lower
 
+    def headers(self) -> CIMultiDict[str]:
+        """The header fields (RFC 9112 section 5), parsed only when asked for."""
+        fields: CIMultiDict[str] = CIMultiDict()
+        for line in self.raw.split(b"\r\n")[1:]:
+            name, colon, value = line.partition(b":")
+            if colon and name and name == name.strip():
+                fields.add(name.decode("latin-1"), value.strip().decode("latin-1"))
+        return fields
+
 
 class PortMux(asyncio.Protocol):
     """First protocol of every connection; replaces itself after the request head.
 
-    ``admit(transport)`` (per-IP limits, :mod:`rtchub.auth.limits`) runs on
-    accept: 0 admits, a negative number drops the connection at once, an
-    HTTP status (429) is answered once the request head has arrived. A
+    ``admit(transport, None)`` (per-IP limits, :mod:`rtchub.auth.limits`) runs
+    on accept: 0 admits, a negative number drops the connection at once, an
+    HTTP status (429) is answered once the request head has arrived, and
+    :data:`ASK_AGAIN` calls ``admit(transport, head)`` once it has (a trusted
+    proxy's connection, judged by the client it names). A
     connection that has not sent its head within ``head_timeout`` seconds is
     dropped (slowloris); picows and aiohttp time out on their own afterwards.
     """
@@ -55,7 +71,7 @@ class PortMux(asyncio.Protocol):
     def __init__(self, route: Callable[[RequestHead], str],
                  make_ws: Callable[[asyncio.Transport], asyncio.BaseProtocol],
                  make_http: Callable[[], asyncio.BaseProtocol],
-                 admit: Callable[[asyncio.Transport], int] | None = None,
+                 admit: Callable[[asyncio.Transport, RequestHead | None], int] | None = None,
                  head_timeout: float = 10.0,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         # The loop is passed in by the server: asyncio.get_running_loop() per
@@ -75,7 +91,7 @@ class PortMux(asyncio.Protocol):
         # No isinstance check: uvloop's TCPTransport is not an asyncio.Transport subclass.
         self._transport = transport  # type: ignore[assignment]
         if self._admit is not None:
-            verdict = self._admit(transport)
+            verdict = self._admit(transport, None)
             if verdict < 0:
                 self._transport = None
                 transport.abort()
@@ -98,11 +114,14 @@ class PortMux(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        head = RequestHead(bytes(self._buf[:end]))
+        if self._refuse == ASK_AGAIN:
+            assert self._admit is not None
+            self._refuse = self._admit(transport, head)
         if self._refuse:
             # RFC 6585 section 4: Too Many Requests, with a hint when to retry.
             self._answer(transport, b"%d Too Many Requests" % self._refuse, b"Retry-After: 1\r\n")
             return
-        head = RequestHead(bytes(self._buf[:end]))
         stack = self._route(head)
         proto = self._make_ws(transport) if stack == "ws" else self._make_http()
         pending = bytes(self._buf)

@@ -53,11 +53,13 @@ class PollSink:
     """A polling client as the hub sees it: a :class:`~rtchub.core.session.Sink`."""
 
     __slots__ = ("session", "transport_name", "hub", "waiter", "waiter_request", "last_poll",
-                 "closed_with", "welcome")
+                 "closed_with", "welcome", "peer")
 
-    def __init__(self, hub: Hub, now: float) -> None:
+    def __init__(self, hub: Hub, now: float, peer: str = "") -> None:
         self.session: Session | None = None
         self.transport_name = "polling"
+        #: The client's address (the gatekeeper's verdict): what the connection log shows.
+        self.peer = peer
         self.hub = hub
         self.waiter: asyncio.Future[str] | None = None
         self.waiter_request: web.Request | None = None
@@ -116,7 +118,7 @@ async def open_session(request: web.Request) -> web.Response:
     verdict = await admit(request)
     if not verdict.ok:
         return refused(request, verdict)
-    sink = PollSink(app.hub, asyncio.get_running_loop().time())
+    sink = PollSink(app.hub, asyncio.get_running_loop().time(), verdict.client)
     session = app.hub.open(sink, user_id=verdict.user_id, display_name=verdict.display_name,
                            claims=verdict.claims)
     registry.pollers.add(sink)
@@ -159,7 +161,8 @@ async def handle(request: web.Request) -> web.Response:
             return session_expired(request, "missed messages are no longer buffered; join again")
         if registry.stopping:
             return error_response(request, 503, ErrorCode.INTERNAL, "server shutting down")
-        sink = PollSink(hub, loop.time())
+        sink = PollSink(hub, loop.time(),
+                        app.gatekeeper.client_address(request.remote or "", request.headers))
         registry.pollers.add(sink)
         hub.attach(session, sink, after)
     elif after > session.seq or after < session.first_buffered_seq() - 1:

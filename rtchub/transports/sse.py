@@ -54,11 +54,14 @@ class SseStream:
     """One open event stream: a :class:`~rtchub.core.session.Sink` of the hub."""
 
     __slots__ = ("session", "transport_name", "hub", "request", "response", "chunks", "pending",
-                 "waiter", "closing", "dead", "close_code", "max_pending")
+                 "waiter", "closing", "dead", "close_code", "max_pending", "peer")
 
-    def __init__(self, hub: Hub, request: web.Request, response: web.StreamResponse) -> None:
+    def __init__(self, hub: Hub, request: web.Request, response: web.StreamResponse,
+                 peer: str = "") -> None:
         self.session: Session | None = None
         self.transport_name = "sse"
+        #: The client's address (the gatekeeper's verdict): what the connection log shows.
+        self.peer = peer
         self.hub = hub
         self.request = request
         self.response = response
@@ -214,7 +217,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers=headers)
     response.content_type = "text/event-stream"
     await response.prepare(request)
-    stream = SseStream(hub, request, response)
+    stream = SseStream(hub, request, response, verdict.client)
     registry.streams.add(stream)
     try:
         stream.raw(b"retry: %d\n\n" % RETRY_MS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -86,3 +88,70 @@ async def test_admin_refuses_a_wrong_key(make_server: Any, browser: Browser) -> 
         assert all("401" in e for e in errors), errors   # only the refused fetch is logged
     finally:
         await page.context.close()
+
+
+async def chart(page: Page, figure: str) -> dict[str, Any]:
+    """What a dashboard chart shows: its data attributes and its lines' point counts."""
+    return await page.evaluate("""(id) => {
+        const fig = document.getElementById(id);
+        const lines = [...fig.querySelectorAll("polyline")].map(
+            (l) => l.getAttribute("points").trim().split(/\\s+/).filter(Boolean).length);
+        return {...fig.dataset, lines, label: fig.querySelector("svg").getAttribute("aria-label"),
+                legend: fig.querySelector(".adm-chart-legend").textContent};
+    }""", figure)
+
+
+async def test_admin_charts_connections_and_message_rates(make_server: Any, browser: Browser) -> None:
+    """The charts fill with one sample per poll and follow what the server does, live."""
+    app = await make_server(api_key=KEY)
+    alice = await joined(app, "chat", "alice")
+    bob = await joined(app, "chat", "bob")
+    await alice.expect("user-joined")
+    sending = True
+
+    async def chatter() -> None:
+        while sending:
+            await alice.send({"type": "message", "roomId": "chat", "data": "hi"})
+            await asyncio.sleep(0.02)
+
+    traffic = asyncio.create_task(chatter())
+    errors: list[str] = []
+    page = await open_admin(browser, app.url, errors)
+    carol = None
+    try:
+        await page.fill("#key", KEY)
+        await page.click("#login button[type=submit]")
+        await page.wait_for_function(
+            """() => Number(document.getElementById('c-conns').dataset.samples) >= 3
+                     && Number(document.getElementById('c-rates').dataset.lastIn) > 0""",
+            timeout=15_000)
+        conns, rates = await chart(page, "c-conns"), await chart(page, "c-rates")
+        assert conns["lastConns"] == "2" and conns["peak"] == "2"
+        assert conns["lines"] == [int(conns["samples"])]
+        assert rates["lines"] == [int(rates["samples"])] * 2        # in and out
+        assert float(rates["lastIn"]) > 0 and float(rates["lastOut"]) > 0
+        assert re.match(r"Connections, last \d+ s: open now 2, peak 2$", conns["label"]), conns["label"]
+        assert conns["legend"] == "open 2"
+
+        # Live: a third connection shows up, and the rate drops when the talking stops.
+        carol = await joined(app, "chat", "carol")
+        await page.wait_for_function(
+            "() => document.getElementById('c-conns').dataset.lastConns === '3'", timeout=10_000)
+        assert (await chart(page, "c-conns"))["peak"] == "3"
+        sending = False
+        await traffic
+        await page.wait_for_function(
+            "() => document.getElementById('c-rates').dataset.lastIn === '0'", timeout=10_000)
+        rates = await chart(page, "c-rates")
+        assert float(rates["peak"]) > 0                              # the busy minutes stay on the chart
+        shots = ARTIFACTS / "screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(shots / "admin-charts.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        sending = False
+        await traffic
+        await page.context.close()
+        for c in (alice, bob, carol):
+            if c is not None:
+                await c.close()

@@ -1,12 +1,29 @@
 // rtchub admin dashboard: polls the server API once a second and renders
-// live rooms, members, transports and message rates. The API key is typed
+// live rooms, members, transports and message rates, with the last minutes
+// of connections and rates as small charts (./chart.js). The API key is typed
 // in here, kept in sessionStorage (this tab only) and sent as X-API-Key.
 // All server data goes into the page through textContent, never innerHTML:
 // room ids and display names are chosen by users.
 
+import { LineChart, Ring } from "./chart.js";
+
 const KEY_STORE = "rtchub.admin.key";
 const POLL_MS = 1000;
+/** How far back the charts go: one sample per poll. */
+const CHART_WINDOW_MS = 5 * 60 * 1000;
 const $ = (id) => document.getElementById(id);
+
+const samples = new Ring(Math.ceil(CHART_WINDOW_MS / POLL_MS) + 5);
+const charts = [
+  new LineChart($("c-conns"), {
+    title: "Connections", windowMs: CHART_WINDOW_MS,
+    series: [{ key: "conns", label: "open", cls: "s-conns" }],
+  }),
+  new LineChart($("c-rates"), {
+    title: "Messages", windowMs: CHART_WINDOW_MS, unit: "/s",
+    series: [{ key: "in", label: "in", cls: "s-in" }, { key: "out", label: "out", cls: "s-out" }],
+  }),
+];
 
 let key = sessionStorage.getItem(KEY_STORE) || "";
 let timer = null;
@@ -157,8 +174,12 @@ function renderStats(s) {
   const now = performance.now();
   if (previous) {
     const dt = Math.max(0.001, (now - previous.t) / 1000);
-    $("t-in").textContent = fmtRate(Math.max(0, s.messagesReceived - previous.received) / dt);
-    $("t-out").textContent = fmtRate(Math.max(0, s.messagesSent - previous.sent) / dt);
+    const rateIn = Math.max(0, s.messagesReceived - previous.received) / dt;
+    const rateOut = Math.max(0, s.messagesSent - previous.sent) / dt;
+    $("t-in").textContent = fmtRate(rateIn);
+    $("t-out").textContent = fmtRate(rateOut);
+    samples.push(now, { conns: total, in: rateIn, out: rateOut });
+    for (const chart of charts) chart.update(samples, now);
   }
   previous = { t: now, received: s.messagesReceived, sent: s.messagesSent };
 }

@@ -1,7 +1,9 @@
-// Video call page: mesh call through the SDK's Call helper, with a video grid,
-// media controls, a chat + file panel over the data channels, and a live
-// diagnostics panel fed by call.stats() once a second.
-import { Call, RtcHub } from '/sdk/rtchub.js';
+// Video call page: a mesh call through the SDK's Call helper, or (?media=sfu)
+// an SFU call through SfuCall, with a video grid, media controls, a chat +
+// file panel, and a live diagnostics panel fed by call.stats() once a second.
+// The room's media mode is the server's decision (room-info.media): a page
+// that asked for the other one reloads itself with the room's mode.
+import { Call, RtcHub, SfuCall } from '/sdk/rtchub.js';
 import { ChatLog, wireComposer } from './chatlog.js';
 import {
   $, Banners, ConnectionView, askName, cleanName, cleanRoom, colorFor, copyText, describeError,
@@ -24,7 +26,10 @@ $('#room-name').textContent = room;
 document.title = `${room} · Call · rtchub`;
 document.body.classList.toggle('panel-open', wide.matches);
 
+const wantedMedia = ['mesh', 'sfu'].includes(params.get('media')) ? params.get('media') : null;
+
 const app = {
+  mode: wantedMedia || 'mesh',
   hub: null,
   call: null,
   me: null,
@@ -532,6 +537,7 @@ class Diagnostics {
       ['You', app.me ? `${app.me.displayName} · ${hub?.userId || app.me.userId}` : ''],
       ['Transport', hub?.transport || hub?.transportName || params.get('transport') || 'auto'],
       ['Peers', String(app.tiles.size)],
+      ['Media mode', app.mode === 'sfu' ? 'sfu (through the server)' : 'mesh (peer-to-peer)'],
       ['Media', app.localStream ? app.localStream.getTracks().map((t) => t.kind).join(' + ') : 'receive-only'],
     ]);
     if (this.busy || !app.call) return;
@@ -652,6 +658,15 @@ async function main() {
   });
   hub.on('room-info', (m) => {
     if (m.roomId && m.roomId !== room) return;
+    if (m.media && m.media !== app.mode) {
+      // The room was made with the other mode: follow it.
+      app.left = true;
+      const url = new URL(location.href);
+      url.searchParams.set('media', m.media);
+      location.replace(url.toString());
+      return;
+    }
+    document.body.dataset.mediaMode = app.mode;
     // After a reconnect this is the truth: drop tiles of people who left meanwhile.
     const present = new Set((m.members || []).map((mem) => mem.userId));
     for (const id of [...app.tiles.keys()]) if (!present.has(id)) dropTile(id);
@@ -684,15 +699,24 @@ async function main() {
 
   // Call.start() joins the room itself; its room-info and the user-joined
   // events that follow build the mesh (and the tiles, through the handlers above).
-  const call = new Call(hub, room, { localStream: app.localStream, userId: app.me.userId, displayName });
+  const opts = { localStream: app.localStream, userId: app.me.userId, displayName };
+  const call = app.mode === 'sfu' ? new SfuCall(hub, room, opts) : new Call(hub, room, { ...opts, media: wantedMedia || undefined });
   app.call = call;
   call.on('peer-joined', ({ userId, displayName: dn }) => {
     if (dn && dn !== userId) app.names.set(userId, dn);
     remoteTile(userId, app.names.get(userId));
   });
-  call.on('remote-stream', ({ userId, displayName: dn, stream }) => {
+  call.on('remote-stream', ({ userId, displayName: dn, stream, source }) => {
     if (dn && dn !== userId) app.names.set(userId, dn);
+    if (source === 'screen') {
+      // SFU rooms carry a screen share as a track of its own: a tile of its own.
+      remoteTile(`${userId}:screen`, `${nameOf(userId)} (screen)`).setStream(stream);
+      return;
+    }
     remoteTile(userId, app.names.get(userId)).setStream(stream);
+  });
+  call.on('remote-stream-ended', ({ userId, source }) => {
+    if (source === 'screen') dropTile(`${userId}:screen`);
   });
   call.on('peer-state', ({ userId, state }) => {
     const tile = app.tiles.get(userId);
@@ -704,6 +728,7 @@ async function main() {
     // After our own reconnect the SDK rebuilds every peer: keep the tiles.
     if (reason === 'rejoined') return;
     dropTile(userId);
+    dropTile(`${userId}:screen`);
   });
   call.on('peer-media', ({ userId, mic, camera, screen }) => {
     const tile = app.tiles.get(userId);

@@ -45,6 +45,9 @@ export class Call extends Emitter {
     this.displayName = opts.displayName;
     this.userId = opts.userId;
     this.iceTransportPolicy = opts.iceTransportPolicy || 'all';
+    // The media mode asked for if this join creates the room (the server decides).
+    this.media = opts.media || undefined;
+    this.mode = 'mesh';
     this._iceServersOpt = opts.iceServers || null;
     this._iceServers = [];
     this.peers = new Map();
@@ -88,7 +91,10 @@ export class Call extends Emitter {
     };
     this.hub.on('state', onState);
     this._subs.push(['state', onState]);
-    await this.hub.join(this.roomId, { userId: this.userId || this.hub.userId, displayName: this.displayName });
+    const info = await this.hub.join(this.roomId, {
+      userId: this.userId || this.hub.userId, displayName: this.displayName, media: this.media,
+    });
+    this.mode = (info && info.media) || 'mesh';
     return this;
   }
 

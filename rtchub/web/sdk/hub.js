@@ -140,7 +140,7 @@ export class RtcHub extends Emitter {
    * Join a room. Resolves with the `room-info` message; rejects with an
    * RtcHubError (`room-full`, `user-id-taken`, ...).
    */
-  join(roomId, { userId, displayName } = {}) {
+  join(roomId, { userId, displayName, media } = {}) {
     if (userId) this.userId = userId;
     if (!this.userId) this.userId = randomId('u-');
     const prev = this._joins.get(roomId);
@@ -148,6 +148,7 @@ export class RtcHub extends Emitter {
       this._joins.set(roomId, {
         userId: this.userId,
         displayName,
+        media,
         resolve: (v) => { resolve(v); if (prev) prev.resolve(v); },
         reject: (e) => { reject(e); if (prev) prev.reject(e); },
       });
@@ -155,6 +156,7 @@ export class RtcHub extends Emitter {
     entryDone.catch(() => {});
     const msg = { type: 'join', roomId, userId: this.userId };
     if (displayName) msg.displayName = displayName;
+    if (media) msg.media = media;
     this.send(msg).catch((err) => this._settleJoin(roomId, null, err));
     if (this.state === 'idle') this.connect().catch(() => {});
     return entryDone;
@@ -408,7 +410,7 @@ export class RtcHub extends Emitter {
         const j = this._joins.get(msg.roomId);
         if (j) {
           this._joins.delete(msg.roomId);
-          this.rooms.set(msg.roomId, { userId: j.userId, displayName: j.displayName });
+          this.rooms.set(msg.roomId, { userId: j.userId, displayName: j.displayName, media: j.media });
           j.resolve(msg);
         }
         break;
@@ -503,11 +505,12 @@ export class RtcHub extends Emitter {
     }
     this._unacked.clear();
     const rejoin = [];
-    for (const [roomId, { userId, displayName }] of this.rooms) {
+    for (const [roomId, { userId, displayName, media }] of this.rooms) {
       const msg = { type: 'join', roomId, userId: userId || this.userId };
       if (displayName) msg.displayName = displayName;
+      if (media) msg.media = media;
       this._joins.set(roomId, {
-        userId, displayName, resolve: () => {},
+        userId, displayName, media, resolve: () => {},
         reject: (e2) => this.emit('error', { type: 'error', code: e2.code, message: e2.message, roomId }),
       });
       rejoin.push(this._makeEntry(msg, (e2) => this._settleJoin(roomId, null, e2)));

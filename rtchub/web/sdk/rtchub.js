@@ -2,5 +2,6 @@
 // Plain ES modules, no build step. Reference: docs/sdk-browser.md.
 export { RtcHub, RtcHubError } from './hub.js';
 export { Call } from './call.js';
+export { SfuCall, SIMULCAST } from './sfu.js';
 export { Emitter } from './emitter.js';
 export { SERVER_TYPES } from './transports.js';

@@ -9,6 +9,9 @@
 export const SERVER_TYPES = [
   'welcome', 'room-info', 'user-joined', 'user-left', 'offer', 'answer', 'candidate',
   'signal', 'message', 'pong', 'ack', 'error', 'resumed', 'close',
+  // SFU rooms (docs/protocol.md "SFU media")
+  'publish-answer', 'subscribe-offer', 'media-candidate', 'tracks', 'tracks-published',
+  'tracks-unpublished', 'track-muted', 'media-reset',
 ];
 
 const CLOSE_ABNORMAL = 1006;
