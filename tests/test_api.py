@@ -198,7 +198,9 @@ async def test_openapi_document_is_generated_from_models(api_server: RtcHub) -> 
                                  # recordings (tests/test_recordings_api.py)
                                  "/api/rooms/{roomId}/recording", "/api/recordings",
                                  "/api/recordings/{recordingId}",
-                                 "/api/recordings/{recordingId}/files/{name}"}
+                                 "/api/recordings/{recordingId}/files/{name}",
+                                 # broadcasts (tests/e2e/test_broadcast.py)
+                                 "/api/rooms/{roomId}/broadcast", "/api/broadcasts"}
 
 
 async def test_connection_events_are_logged(api_server: RtcHub, caplog: pytest.LogCaptureFixture) -> None:

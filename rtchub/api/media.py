@@ -17,6 +17,7 @@ from pydantic import Field
 
 from rtchub.api.models import ApiModel, ErrorBody, ErrorDetail
 from rtchub.api.openapi import Operation
+from rtchub.media.broadcast import BroadcastInfo, BroadcastList
 from rtchub.media.recordings import RecordingInfo, RecordingList
 from rtchub.media.service import MediaError
 
@@ -96,8 +97,42 @@ def media_operations(app: RtcHub) -> list[Operation]:
             return _from(exc)
         return Deleted(deleted=True)
 
+    async def broadcast(roomId: str) -> Any:  # noqa: N803
+        try:
+            b = await media.start_broadcast(roomId)
+        except MediaError as exc:
+            return _from(exc)
+        info = b.info()
+        return web.Response(status=201, body=info.model_dump_json(by_alias=True),
+                            content_type="application/json", headers={"Location": info.playlist})
+
+    async def unbroadcast(roomId: str) -> Any:  # noqa: N803
+        try:
+            return (await media.stop_broadcast(roomId)).info()
+        except MediaError as exc:
+            return _from(exc)
+
+    def broadcasts() -> Any:
+        return BroadcastList(broadcasts=[b.info() for b in media.broadcasts.values()])
+
     room = ["roomId"]
+    b409 = (ErrorBody, "refused: broadcast-disabled, mesh-room, already-broadcasting, "
+                       "not-broadcasting (see error.code)")
     return [
+        Operation("POST", "/api/rooms/{roomId}/broadcast", "startBroadcast",
+                  "Broadcast a room as HLS", broadcast,
+                  {201: (BroadcastInfo, "starting; Location is the playlist"), 404: E404_ROOM,
+                   409: b409, 502: (ErrorBody, "media-server-error")},
+                  path_params=room, tags=["broadcasts"],
+                  description="Janus forwards the room's publishers to one ffmpeg that lays "
+                              "them out in a grid and writes HLS to --broadcast-dir, served at "
+                              "/live/{roomId}/index.m3u8 and watched at /watch?room={roomId}."),
+        Operation("DELETE", "/api/rooms/{roomId}/broadcast", "stopBroadcast", "Stop a broadcast",
+                  unbroadcast, {200: (BroadcastInfo, "stopped (the playlist gets EXT-X-ENDLIST)"),
+                                409: b409}, path_params=room, tags=["broadcasts"]),
+        Operation("GET", "/api/broadcasts", "listBroadcasts", "Broadcasts and how they are doing",
+                  broadcasts, {200: (BroadcastList, "running ones, and ended ones until restarted")},
+                  tags=["broadcasts"]),
         Operation("POST", "/api/rooms/{roomId}/recording", "startRecording", "Start recording a room",
                   start, {201: (RecordingInfo, "recording; Location names it"), 404: E404_ROOM,
                           409: E409, 502: (ErrorBody, "media-server-error"),

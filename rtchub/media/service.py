@@ -24,9 +24,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtchub.core.hub import HubObserver
+from rtchub.media.broadcast import RoomBroadcast
 from rtchub.media.jobs import JobRunner
 from rtchub.media.recordings import ParticipantInfo, RecordingInfo, RecordingStore, State
 from rtchub.protocol.errors import ErrorCode, ProtocolError
@@ -76,6 +78,8 @@ class MediaService(HubObserver):
         self._disk = Periodic(DISK_CHECK_INTERVAL, self._check_disk, "recording-disk")
         self._retention = Periodic(RETENTION_INTERVAL, self._sweep, "recording-retention")
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: room id -> its broadcast (kept after it ends, to show how it ended, until the next).
+        self.broadcasts: dict[str, RoomBroadcast] = {}
         self.hub = app.hub
         self.hub.observers.append(self)
         self.hub.register("record", self._on_record)
@@ -129,6 +133,9 @@ class MediaService(HubObserver):
     def room_closed(self, room: Room) -> None:
         if room.id in self.active:
             self._spawn(self._stop_quietly(room.id))
+        live = self.broadcasts.get(room.id)
+        if live is not None and live.hls.state in ("starting", "live"):
+            self._spawn(live.stop())
 
     async def _stop_quietly(self, room_id: str) -> None:
         try:
@@ -152,6 +159,8 @@ class MediaService(HubObserver):
         self._retention.start()
 
     async def stop(self) -> None:
+        for b in list(self.broadcasts.values()):
+            await b.stop()
         await self._disk.stop()
         await self._retention.stop()
         await self.jobs.stop()
@@ -314,3 +323,35 @@ class MediaService(HubObserver):
 
     def progress_of(self, rec: RecordingInfo) -> RecordingInfo:
         return rec
+
+    # ------------------------------------------------------------- broadcasts
+    async def start_broadcast(self, room_id: str) -> RoomBroadcast:
+        folder = self.app.settings.broadcast_dir
+        if not folder:
+            raise MediaError(409, "broadcast-disabled",
+                             "broadcasting is off on this server (start it with --broadcast-dir)")
+        if room_id not in self.hub.rooms:
+            raise MediaError(404, "room-not-found", f"no room {room_id!r}")
+        if not self.room_on_sfu(room_id):
+            raise MediaError(409, "mesh-room",
+                             f"room {room_id!r} is a mesh room: its media never reaches the "
+                             "server, so it cannot be broadcast (use media mode sfu)")
+        old = self.broadcasts.get(room_id)
+        if old is not None and old.hls.state in ("starting", "live"):
+            raise MediaError(409, "already-broadcasting", f"room {room_id!r} is being broadcast")
+        b = RoomBroadcast(room_id, Path(folder).resolve() / room_id, self.app.sfu)  # type: ignore[attr-defined]
+        self.broadcasts[room_id] = b
+        try:
+            await b.start()
+        except Exception as exc:
+            await b.stop()
+            b.hls.state, b.hls.reason = "failed", f"could not start: {exc}"
+            raise MediaError(502, "media-server-error", str(exc)) from exc
+        return b
+
+    async def stop_broadcast(self, room_id: str) -> RoomBroadcast:
+        b = self.broadcasts.get(room_id)
+        if b is None or b.hls.state not in ("starting", "live"):
+            raise MediaError(409, "not-broadcasting", f"room {room_id!r} is not being broadcast")
+        await b.stop()
+        return b
