@@ -24,6 +24,7 @@ from rtchub.broker.cluster import attach_cluster
 from rtchub.core.hub import Hub
 from rtchub.media import hls
 from rtchub.media.service import MediaService
+from rtchub.media.whip import WhipEndpoint
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
@@ -88,6 +89,10 @@ class RtcHub:
         # /live/{roomId}/... (HLS broadcasts) and the /watch page (rtchub.media.hls).
         hls.register(self)
         r.add_get("/watch", self._watch)
+        # /whip/{roomId}: WHIP ingest into the room's SFU (rtchub.media.whip).
+        self.whip = WhipEndpoint(self)
+        self.whip.register(r)
+        self.services.append(self.whip)
         if (WEB_ROOT / "index.html").exists():
             r.add_get("/", self._index)
         if WEB_ROOT.exists():
