@@ -207,3 +207,49 @@ async def test_refusals_from_the_call_mesh_room_no_grant(make_server: Servers, t
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_a_full_disk_stops_the_recording_and_fails_it_with_the_reason(
+        make_server: Servers, publishers: list[Publisher], tmp_path: Path) -> None:
+    """Recordings on a 3 MiB tmpfs with a 2 MiB floor: Janus's files fill it within seconds."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root: run the suite as root (make test does)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    receiver = await Receiver().start()
+    try:
+        app = await make_server(**sfu_settings(sfu="local", media_mode="sfu", api_key=KEY,
+                                               recordings_dir=str(disk), recordings_min_free_mb=2,
+                                               webhook_url=[receiver.url], webhook_secret=SECRET))
+        pubs = [await publisher(app, u, "full", u, t, publishers)
+                for u, t in (("red", 440), ("green", 660), ("blue", 880))]
+        notices: list[dict[str, Any]] = []
+        pubs[0].client.on("recording", notices.append)
+        await asyncio.sleep(2)
+        status, rec = await api("POST", f"{app.url}/api/rooms/full/recording")
+        assert status == 201, rec
+        final, _ = await wait_state(app, rec["id"], timeout=120)
+        assert final["state"] == "failed"
+        assert final["reason"].startswith("disk full: ") and "below --recordings-min-free-mb 2" in \
+            final["reason"], final["reason"]
+        # Stopped: Janus writes no more, the room is told, the webhook says why.
+        raw = disk / rec["id"] / "raw"
+        size = sum(p.stat().st_size for p in raw.iterdir())
+        await asyncio.sleep(2)
+        assert sum(p.stat().st_size for p in raw.iterdir()) == size
+        assert [n["active"] for n in notices] == [True, False]
+        await asyncio.sleep(0.5)
+        failed = [e for e in receiver.events if e["event"] == "recording_failed"]
+        assert failed and failed[0]["reason"] == final["reason"]
+        status, body = await api("POST", f"{app.url}/api/rooms/full/recording")
+        assert status == 507 and body["error"]["code"] == "disk-full"
+    finally:
+        await receiver.stop()
+        for p in publishers:
+            await p.close()
+        publishers.clear()
+        subprocess.run(["umount", "-l", str(disk)], check=False)
