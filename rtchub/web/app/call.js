@@ -696,6 +696,33 @@ async function main() {
   hub.on('error', (m) => {
     if (m && m.id === undefined) toast(describeError(m));
   });
+  // Recording (docs/recording.md): everyone in the room must see that it is recorded.
+  const recIndicator = $('#rec-indicator');
+  const recButton = $('#btn-record');
+  let recording = false;
+  hub.on('recording', (m) => {
+    if (m.roomId && m.roomId !== room) return;
+    recording = !!m.active;
+    recIndicator.hidden = !recording;
+    document.body.dataset.recording = recording ? 'yes' : 'no';
+    recButton.textContent = recording ? 'Stop recording' : 'Record';
+    if (recording) {
+      const who = m.startedBy === hub.userId ? 'you' : m.startedBy && m.startedBy !== 'api' ? nameOf(m.startedBy) : '';
+      const by = who ? ` by ${who}` : '';
+      banners.show('recording', { kind: 'error', iconName: 'alert', text: `This room is being recorded${by}.` });
+      log.system('Recording started');
+    } else {
+      banners.hide('recording');
+      log.system('Recording stopped');
+    }
+  });
+  // The button is offered in SFU rooms (mesh media never reaches the server); the server
+  // checks the canRecord grant and says no with a toast otherwise.
+  recButton.hidden = app.mode !== 'sfu';
+  recButton.addEventListener('click', () => {
+    hub.send({ type: 'record', roomId: room, action: recording ? 'stop' : 'start' })
+      .catch((e) => toast(describeError(e)));
+  });
 
   // Call.start() joins the room itself; its room-info and the user-joined
   // events that follow build the mesh (and the tiles, through the handlers above).
