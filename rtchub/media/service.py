@@ -78,6 +78,12 @@ class MediaService(HubObserver):
         self._disk = Periodic(DISK_CHECK_INTERVAL, self._check_disk, "recording-disk")
         self._retention = Periodic(RETENTION_INTERVAL, self._sweep, "recording-retention")
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: What a previous run left: (to process again, failed now). Read before the
+        #: server listens, so the API never shows a recording in a state it no longer has.
+        self._recovered: tuple[list[RecordingInfo], list[RecordingInfo]] = ([], [])
+        if self.store is not None:
+            self.store.load()
+            self._recovered = self.store.recover()
         #: room id -> its broadcast (kept after it ends, to show how it ended, until the next).
         self.broadcasts: dict[str, RoomBroadcast] = {}
         self.hub = app.hub
@@ -147,8 +153,7 @@ class MediaService(HubObserver):
     async def start(self) -> None:
         if self.store is None:
             return
-        await asyncio.to_thread(self.store.load)
-        again, failed = self.store.recover()
+        again, failed = self._recovered
         for rec in failed:
             log.warning("recording %s of room %s: %s", rec.id, rec.room_id, rec.reason)
             self.emit("recording_failed", rec)
@@ -159,8 +164,27 @@ class MediaService(HubObserver):
         self._retention.start()
 
     async def stop(self) -> None:
+        """Graceful shutdown: recordings stop at the media server and wait as ``processing``.
+
+        Their processing runs at the next start (:meth:`RecordingStore.recover`
+        hands it back), so a restart loses nothing that Janus wrote. The SFU
+        stops after this service (services stop in reverse order), so Janus
+        is still there to close its files.
+        """
         for b in list(self.broadcasts.values()):
             await b.stop()
+        store = self.store
+        sfu = getattr(self.app, "sfu", None)
+        for room_id, rec_id in list(self.active.items()):
+            self.active.pop(room_id, None)
+            if sfu is not None:
+                try:
+                    await sfu.stop_recording(room_id)
+                except Exception as exc:
+                    log.warning("stopping the recording of %s at shutdown: %s", room_id, exc)
+            if store is not None and rec_id in store.items:
+                store.transition(store.items[rec_id], State.PROCESSING)
+                log.info("recording %s of %s: processing resumes at the next start", rec_id, room_id)
         await self._disk.stop()
         await self._retention.stop()
         await self.jobs.stop()

@@ -79,7 +79,8 @@ async def wait_state(app: Any, rec_id: str, timeout: float = 240.0) -> tuple[dic
     seen: list[float] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _, body = await api("GET", f"{app.url}/api/recordings/{rec_id}")
+        status, body = await api("GET", f"{app.url}/api/recordings/{rec_id}")
+        assert status == 200, body
         if body.get("progress") is not None:
             seen.append(body["progress"])
         if body["state"] in ("ready", "failed"):
@@ -253,3 +254,34 @@ async def test_a_full_disk_stops_the_recording_and_fails_it_with_the_reason(
             await p.close()
         publishers.clear()
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+async def test_a_recording_over_an_rtchub_restart_is_processed_by_the_next_start(
+        server_process: Any, publishers: list[Publisher], tmp_path: Path) -> None:
+    """``rtchub serve`` (a real process, --sfu local) records; SIGTERM; a new process on the same
+    --recordings-dir finishes the job: the recording ends ready, with what was recorded."""
+    import os
+
+    rec_dir = str(tmp_path / "rec")
+    args = ["--sfu", "local", "--media-mode", "sfu", "--api-key", KEY, "--recordings-dir", rec_dir,
+            "--sfu-ice-ip", os.environ["RTCHUB_NETNS"], "--sfu-rtp-ports", "31000-31999"]
+    first = server_process(*args)
+    for user, tone in (("red", 440), ("blue", 880)):
+        await publisher(first, user, "restart", user, tone, publishers)
+    await asyncio.sleep(2)
+    status, rec = await api("POST", f"{first.url}/api/rooms/restart/recording")
+    assert status == 201, rec
+    await asyncio.sleep(4)
+    assert await asyncio.to_thread(first.terminate) == 0
+    for p in publishers:
+        await p.close()
+    publishers.clear()
+
+    second = server_process(*args)
+    final, _ = await wait_state(second, rec["id"], timeout=180)
+    assert final["state"] == "ready", final.get("reason")
+    people = [f for f in final["files"] if f["kind"] == "participant"]
+    assert sorted(f["name"].split("-")[0] for f in people) == ["blue", "red"]
+    for f in people:
+        assert 3.0 <= f["duration"] <= 5.5, f  # ~4 s were recorded before the restart
+    assert any(f["name"] == "composed.mp4" for f in final["files"])
