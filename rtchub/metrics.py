@@ -307,6 +307,11 @@ class HubCollector(Collector):
         for state, n in states.items():
             fam.add_metric([state], n)
         yield fam
+        whip = getattr(app, "whip", None)
+        if whip is not None:
+            yield GaugeMetricFamily("rtchub_whip_sessions", "WHIP publishers in rooms now",
+                                    value=len(whip.sessions))
+            yield _counter("rtchub_whip", "WHIP sessions by outcome", "outcome", whip.stats)
         jobs = GaugeMetricFamily("rtchub_media_jobs", "post-processing jobs by state", labels=["state"])
         active = media.jobs.active()
         jobs.add_metric(["queued"], sum(1 for j in active if j.state == "queued"))

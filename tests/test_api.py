@@ -200,7 +200,7 @@ async def test_openapi_document_is_generated_from_models(api_server: RtcHub) -> 
                                  "/api/recordings/{recordingId}",
                                  "/api/recordings/{recordingId}/files/{name}",
                                  # broadcasts (tests/e2e/test_broadcast.py)
-                                 "/api/rooms/{roomId}/broadcast", "/api/broadcasts"}
+                                 "/api/rooms/{roomId}/broadcast", "/api/broadcasts", "/api/whip"}
 
 
 async def test_connection_events_are_logged(api_server: RtcHub, caplog: pytest.LogCaptureFixture) -> None:

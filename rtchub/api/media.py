@@ -25,6 +25,17 @@ if TYPE_CHECKING:
     from rtchub.app import RtcHub
 
 
+class WhipInfo(ApiModel):
+    id: str
+    room_id: str
+    user_id: str
+    started_at: float
+
+
+class WhipList(ApiModel):
+    sessions: list[WhipInfo]
+
+
 class Deleted(ApiModel):
     deleted: bool = Field(description="always true: the recording and its files are gone")
 
@@ -115,6 +126,12 @@ def media_operations(app: RtcHub) -> list[Operation]:
     def broadcasts() -> Any:
         return BroadcastList(broadcasts=[b.info() for b in media.broadcasts.values()])
 
+    def whip_sessions() -> Any:
+        whip = getattr(app, "whip", None)
+        items = list(whip.sessions.values()) if whip is not None else []
+        return WhipList(sessions=[WhipInfo(id=w.id, room_id=w.room_id, user_id=w.session.user_id or "",
+                                           started_at=w.started_at) for w in items])
+
     room = ["roomId"]
     b409 = (ErrorBody, "refused: broadcast-disabled, mesh-room, already-broadcasting, "
                        "not-broadcasting (see error.code)")
@@ -130,6 +147,9 @@ def media_operations(app: RtcHub) -> list[Operation]:
         Operation("DELETE", "/api/rooms/{roomId}/broadcast", "stopBroadcast", "Stop a broadcast",
                   unbroadcast, {200: (BroadcastInfo, "stopped (the playlist gets EXT-X-ENDLIST)"),
                                 409: b409}, path_params=room, tags=["broadcasts"]),
+        Operation("GET", "/api/whip", "listWhipSessions", "WHIP publishers now in rooms",
+                  whip_sessions, {200: (WhipList, "one entry per live WHIP session")},
+                  tags=["broadcasts"]),
         Operation("GET", "/api/broadcasts", "listBroadcasts", "Broadcasts and how they are doing",
                   broadcasts, {200: (BroadcastList, "running ones, and ended ones until restarted")},
                   tags=["broadcasts"]),

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,6 +42,7 @@ from rtchub.core.session import Session
 if TYPE_CHECKING:
     from rtchub.app import RtcHub
 
+log = logging.getLogger("rtchub.media")
 ANSWER_TIMEOUT = 15.0
 #: Hub error codes as HTTP statuses.
 STATUS = {"forbidden": 403, "unauthorized": 401, "bad-sdp": 400, "invalid-message": 400,
@@ -91,6 +94,11 @@ class WhipSession:
         self.session = session
         self.sink = sink
         self.token = token
+        self.started_at = time.time()
+
+    def view(self) -> dict[str, Any]:
+        return {"id": self.id, "roomId": self.room_id, "userId": self.session.user_id,
+                "startedAt": self.started_at}
 
 
 def _problem(status: int, text: str, **headers: str) -> web.Response:
@@ -102,6 +110,20 @@ class WhipEndpoint:
         self.app = app
         self.hub = app.hub
         self.sessions: dict[str, WhipSession] = {}
+        self.stats = {"created": 0, "refused": 0, "deleted": 0, "publisher_gone": 0}
+        sfu = getattr(app, "sfu", None)
+        if sfu is not None:
+            sfu.on_publisher_hangup.append(self._hangup)
+
+    def _hangup(self, session: Session, room_id: str, reason: str) -> None:
+        """A dead publisher ends its WHIP session: it leaves the room, nothing stays stuck."""
+        ws = next((w for w in self.sessions.values() if w.session is session), None)
+        if ws is None:
+            return
+        del self.sessions[ws.id]
+        self.stats["publisher_gone"] += 1
+        log.info("WHIP session %s in %s ended: the publisher hung up (%s)", ws.id, room_id, reason)
+        self.hub.end(session, "whip-publisher-gone")
 
     def register(self, router: web.UrlDispatcher) -> None:
         router.add_post("/whip/{roomId}", self.create)
@@ -163,6 +185,7 @@ class WhipEndpoint:
             if msg["type"] == "error":
                 raise _Refused(msg)
         except _Refused as exc:
+            self.stats["refused"] += 1
             self.hub.end(session, "whip-refused")
             code = exc.msg.get("code", "")
             return _problem(STATUS.get(code, 400), f"{code}: {exc.msg.get('message', '')}")
@@ -170,6 +193,7 @@ class WhipEndpoint:
             self.hub.end(session, "whip-timeout")
             return _problem(504, "the SFU did not answer in time")
         rid = secrets.token_urlsafe(12)
+        self.stats["created"] += 1
         self.sessions[rid] = WhipSession(rid, room_id, session, sink, token or "")
         location = f"/whip/{room_id}/{rid}"
         return web.Response(status=201, body=msg["sdp"].encode(), content_type="application/sdp",
@@ -190,6 +214,7 @@ class WhipEndpoint:
         if isinstance(ws, web.Response):
             return ws
         del self.sessions[ws.id]
+        self.stats["deleted"] += 1
         self.hub.end(ws.session, "whip-deleted")
         return web.Response(status=200)
 

@@ -165,6 +165,9 @@ class SfuService(HubObserver):
         self._pending_chain: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._reconnector: asyncio.Task[None] | None = None
         self.stats = {"publishes": 0, "subscribes": 0, "resets": 0, "errors": 0}
+        #: ``callback(session, room_id, reason)`` when Janus reports a publisher's hangup
+        #: (rtchub.media.whip ends a WHIP session whose publisher died).
+        self.on_publisher_hangup: list[Callable[[Session, str, str], None]] = []
         hub = self.hub
         hub.media_policy = self._media_policy
         hub.observers.append(self)
@@ -637,6 +640,11 @@ class SfuService(HubObserver):
         if kind == "webrtcup":
             peer.pub_up = True
             self._spawn(self._announce(peer))
+        elif kind == "hangup" and not peer.dead:
+            # The publisher's PeerConnection is gone (ICE failed, DTLS closed): Janus says so.
+            peer.pub_up = False
+            for callback in self.on_publisher_hangup:
+                callback(peer.session, peer.room_id, str(ev.get("reason", "")))
         elif kind == "trickle":
             self._candidate_out(peer, "publish", ev.get("candidate"))
 

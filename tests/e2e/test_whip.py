@@ -63,6 +63,11 @@ async def test_whip_publisher_appears_in_the_room_and_delete_removes_it(make_ser
 
         published = await viewer.recv_type("tracks-published", timeout=30)
         assert published["userId"] == "obs" and [t["kind"] for t in published["tracks"]] == ["video"]
+        async with aiohttp.ClientSession() as http, http.get(app.url + "/api/whip",
+                                                             headers={"X-API-Key": KEY}) as r:
+            (listed,) = (await r.json())["sessions"]
+        assert listed["roomId"] == "stage" and listed["userId"] == "obs"
+        assert location.endswith("/" + listed["id"])
         first = await media.wait_frames("obs", 5, 30)
         assert await media.wait_frames("obs", first + 15, 30) > first + 15  # frames keep coming
 
@@ -127,3 +132,39 @@ async def test_bad_whip_requests_get_rfc_statuses_and_change_nothing(make_server
         assert not app.whip.sessions
     finally:
         await member.close()
+
+
+async def test_a_dead_whip_publisher_leaves_the_room_on_its_own(make_server: Servers) -> None:
+    """The publisher closes its connection without DELETE: Janus reports the hangup, the WHIP
+    session ends, the room sees it leave. Nothing stays stuck."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
+
+    from rtchub.client.media import _config
+
+    app = await make_server(**sfu_settings(sfu="local", media_mode="sfu", api_key=KEY))
+    viewer = Client(app.url)
+    await viewer.connect()
+    await viewer.join("stage", "viewer", media="sfu")
+    player = MediaPlayer("testsrc=size=320x240:rate=15", format="lavfi")
+    pc = RTCPeerConnection(_config())
+    try:
+        pc.addTransceiver(player.video, direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        status, answer, _ = await post(f"{app.url}/whip/stage", pc.localDescription.sdp.encode(),
+                                       {"Authorization": f"Bearer {KEY}", "Content-Type": "application/sdp"})
+        assert status == 201
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        published = await viewer.recv_type("tracks-published", timeout=30)
+        await pc.close()  # gone, without a DELETE
+        left = await viewer.recv_type("user-left", timeout=30)
+        assert left["userId"] == published["userId"]
+        assert not app.whip.sessions
+        async with aiohttp.ClientSession() as http, http.get(app.url + "/metrics") as r:
+            text = await r.text()
+        assert 'rtchub_whip_total{outcome="publisher_gone"} 1.0' in text
+        assert "rtchub_whip_sessions 0.0" in text
+    finally:
+        await pc.close()
+        player.video.stop()
+        await viewer.close()
