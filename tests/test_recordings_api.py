@@ -7,6 +7,7 @@ Recordings that a previous server run left behind are written with the same
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,29 @@ async def test_a_restart_fails_a_recording_in_progress_with_a_reason_and_a_signe
         assert status == 409 and body["error"]["code"] == "recording-busy"
     finally:
         await receiver.stop()
+
+
+async def test_processing_left_by_a_restart_runs_again_and_bad_raw_media_fails_with_a_reason(
+        make_server: Any, tmp_path: Path) -> None:
+    """A recording caught in ``processing`` is processed at the next start; raw files that
+    janus-pp-rec cannot read end it ``failed`` with janus-pp-rec's reason, never stuck."""
+    store = RecordingStore(tmp_path)
+    store.load()
+    rec = store.create("room-d")
+    (store.raw(rec.id) / "videoroom-r-user-f-1-1700000000000000-video-1.mjr").write_bytes(b"not an mjr")
+    store.transition(rec, State.PROCESSING)
+    app = await make_server(api_key=KEY, recordings_dir=str(tmp_path))
+    body: dict[str, Any] = {}
+
+    async def finished() -> bool:
+        nonlocal body
+        _, body, _ = await _call("GET", app.url + f"/api/recordings/{rec.id}")
+        return body["state"] != "processing"
+
+    for _ in range(200):
+        if await finished():
+            break
+        await asyncio.sleep(0.05)
+    assert body["state"] == "failed"
+    assert body["reason"].startswith("janus-pp-rec could not read videoroom-r-user-f-1-"), body["reason"]
+    assert body["files"] == []

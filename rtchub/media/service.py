@@ -21,6 +21,7 @@ Why a recording can be refused:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from dataclasses import dataclass
@@ -287,6 +288,18 @@ class MediaService(HubObserver):
             await process_recording(store, rec, self.jobs)
         except MediaPipelineError as exc:
             self.fail(rec, str(exc))
+            return
+        except OSError as exc:
+            # ENOSPC while renaming or writing metadata, a vanished folder: never stuck.
+            reason = ("disk full while processing: No space left on device" if exc.errno == errno.ENOSPC
+                      else f"processing failed: {exc}")
+            self.fail(rec, reason)
+            return
+        except asyncio.CancelledError:
+            raise  # shutdown: it stays processing and the next start does it again
+        except Exception as exc:
+            log.exception("processing recording %s", rec.id)
+            self.fail(rec, f"processing failed: {type(exc).__name__}: {exc}")
             return
         store.transition(rec, State.READY)
         self.emit("recording_ready", rec)
