@@ -23,6 +23,7 @@ from rtchub.auth.gate import Admission, Gatekeeper
 from rtchub.broker.cluster import attach_cluster
 from rtchub.core.hub import Hub
 from rtchub.media import hls
+from rtchub.media.audiomix import AudioMix
 from rtchub.media.service import MediaService
 from rtchub.media.whip import WhipEndpoint
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
@@ -68,6 +69,9 @@ class RtcHub:
         self.cluster = attach_cluster(self)
         #: The SFU (rtchub.sfu): media modes, publish/subscribe through Janus.
         self.sfu = sfu.setup(self)
+        #: Audio-mix rooms (rtchub.media.audiomix): Janus AudioBridge.
+        self.audiomix = AudioMix(self)
+        self.services.append(self.audiomix)
         #: Recordings and broadcasts (rtchub.media): the API and /live use it.
         self.media = MediaService(self)
         self.services.append(self.media)

@@ -84,7 +84,7 @@ class Settings:
 
     # -- media: SFU (docs/sfu.md) ---------------------------------------------------
     media_mode: str = field(
-        default="mesh", metadata={"help": "media mode of new rooms: mesh (peer-to-peer) or sfu"}
+        default="mesh", metadata={"help": "media mode of new rooms: mesh (peer-to-peer), sfu or audio-mix"}
     )
     sfu: str = field(default="", metadata={"help": "'local' starts and supervises a Janus child"})
     sfu_url: list[str] = field(

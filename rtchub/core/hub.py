@@ -140,7 +140,7 @@ class Hub:
         """Members allowed in a room of this media mode: a mesh costs every member
         one stream per other member, an SFU one stream up."""
         s = self.settings
-        return s.max_sfu_room_members if media == "sfu" else s.max_room_members
+        return s.max_sfu_room_members if media in ("sfu", "audio-mix") else s.max_room_members
 
     # ------------------------------------------------------------------ sessions
     def open(self, sink: Sink | None, *, user_id: str | None = None,

@@ -58,7 +58,8 @@ class MediaError(Exception):
 
 
 #: How a refusal reads in the call protocol (``error`` codes of docs/protocol.md).
-PROTOCOL_CODES = {"mesh-room": ErrorCode.WRONG_MEDIA_MODE, "room-not-found": ErrorCode.NOT_IN_ROOM,
+PROTOCOL_CODES = {"mesh-room": ErrorCode.WRONG_MEDIA_MODE, "wrong-media-mode": ErrorCode.WRONG_MEDIA_MODE,
+                  "room-not-found": ErrorCode.NOT_IN_ROOM,
                   "media-server-error": ErrorCode.SFU_UNAVAILABLE}
 
 
@@ -234,15 +235,22 @@ class MediaService(HubObserver):
         sfu = getattr(self.app, "sfu", None)
         return sfu is not None and sfu.is_sfu_room(room_id)
 
+    def _not_sfu(self, room_id: str, what: str) -> MediaError:
+        room = self.app.hub.rooms.get(room_id)
+        mode = room.media if room is not None else "mesh"
+        if mode == "mesh":
+            return MediaError(409, "mesh-room",
+                              f"room {room_id!r} is a mesh room: its media goes peer to peer and "
+                              f"never reaches the server, so it cannot be {what} (use media mode sfu)")
+        return MediaError(409, "wrong-media-mode",
+                          f"room {room_id!r} is an {mode} room: only sfu rooms can be {what}")
+
     async def start_recording(self, room_id: str, *, started_by: str | None = None) -> RecordingInfo:
         store = self._require_store()
         if room_id not in self.app.hub.rooms:
             raise MediaError(404, "room-not-found", f"no room {room_id!r}")
         if not self.room_on_sfu(room_id):
-            raise MediaError(409, "mesh-room",
-                             f"room {room_id!r} is a mesh room: its media goes peer to peer and "
-                             "never reaches the server, so it cannot be recorded (use media mode "
-                             "sfu or auto)")
+            raise self._not_sfu(room_id, "recorded")
         if room_id in self.active:
             raise MediaError(409, "already-recording",
                              f"room {room_id!r} is being recorded ({self.active[room_id]})")
@@ -370,9 +378,7 @@ class MediaService(HubObserver):
         if room_id not in self.hub.rooms:
             raise MediaError(404, "room-not-found", f"no room {room_id!r}")
         if not self.room_on_sfu(room_id):
-            raise MediaError(409, "mesh-room",
-                             f"room {room_id!r} is a mesh room: its media never reaches the "
-                             "server, so it cannot be broadcast (use media mode sfu)")
+            raise self._not_sfu(room_id, "broadcast")
         old = self.broadcasts.get(room_id)
         if old is not None and old.hls.state in ("starting", "live"):
             raise MediaError(409, "already-broadcasting", f"room {room_id!r} is being broadcast")

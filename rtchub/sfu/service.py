@@ -309,7 +309,7 @@ class SfuService(HubObserver):
 
     def _media_policy(self, session: Session, req: JoinRequest) -> str:
         mode = req.media if self.clustered and req.media else self._proposed_mode(session, req)
-        if mode == "sfu" and not self.servers:
+        if mode in ("sfu", "audio-mix") and not self.servers:
             raise ProtocolError(ErrorCode.SFU_UNAVAILABLE,
                                 "this server has no SFU (start it with --sfu local or --sfu-url)",
                                 req.msg_id)
@@ -337,7 +337,7 @@ class SfuService(HubObserver):
 
     def declare_mode(self, room_id: str, mode: str) -> str:
         """The server API's choice of a room's mode. A room in use keeps its mode."""
-        if mode == "sfu" and not self.servers:
+        if mode in ("sfu", "audio-mix") and not self.servers:
             raise ProtocolError(ErrorCode.SFU_UNAVAILABLE, "this server has no SFU")
         room = self.hub.rooms.get(room_id)
         if room is not None and room.media != mode:
@@ -904,6 +904,10 @@ class SfuService(HubObserver):
         """Whether the room's media passes through Janus (what recording and broadcast need)."""
         room = self.hub.rooms.get(room_id)
         return self.enabled and room is not None and room.media == "sfu"
+
+    async def janus_for(self, room_id: str) -> tuple[Server, Placed]:
+        """The Janus server that holds (or now gets) ``room_id``, placed like any SFU room."""
+        return await self._server_for(room_id)
 
     async def _videoroom(self, room_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """One VideoRoom request about ``room_id`` on a short-lived handle of its Janus."""
