@@ -96,8 +96,43 @@ class AudioMix(HubObserver):
 
         self._spawn(work())
 
-    async def _join(self, session: Session, room_id: str, sdp: str) -> str:
+    async def _ensure(self, room_id: str) -> tuple[JanusConnection, str]:
+        """The room's AudioBridge room on its Janus server (placed like an SFU room)."""
         sfu = self.app.sfu  # type: ignore[attr-defined]
+        server, placed = await sfu.janus_for(room_id)
+        conn = server.conn
+        assert conn is not None
+        if (server.key, placed.janus_room) not in self._made:
+            handle = await conn.attach(AUDIOBRIDGE)
+            try:
+                await conn.message(handle, {"request": "create", "room": placed.janus_room,
+                                            "is_private": True, "sampling_rate": 48000})
+            except JanusError as exc:
+                if exc.code != ROOM_EXISTS:
+                    raise
+            finally:
+                await conn.detach(handle)
+            self._made.add((server.key, placed.janus_room))
+        return conn, placed.janus_room
+
+    async def _request(self, room_id: str, body: dict[str, Any]) -> None:
+        conn, janus_room = await self._ensure(room_id)
+        handle = await conn.attach(AUDIOBRIDGE)
+        try:
+            await conn.message(handle, {**body, "room": janus_room})
+        finally:
+            with contextlib.suppress(JanusError, JanusGone):
+                await conn.detach(handle)
+
+    async def start_recording(self, room_id: str, rec_dir: Any) -> None:
+        """AudioBridge records its mix of the room as ``<rec_dir>/mix.wav`` (enable_recording)."""
+        await self._request(room_id, {"request": "enable_recording", "record": True,
+                                      "record_dir": str(rec_dir), "record_file": "mix.wav"})
+
+    async def stop_recording(self, room_id: str) -> None:
+        await self._request(room_id, {"request": "enable_recording", "record": False})
+
+    async def _join(self, session: Session, room_id: str, sdp: str) -> str:
         key = (room_id, session.id)
         jsep = {"type": "offer", "sdp": sdp}
         peer = self.peers.get(key)
@@ -105,24 +140,11 @@ class AudioMix(HubObserver):
             async with peer.lock:
                 _, answer = await peer.conn.message(peer.handle, {"request": "configure"}, jsep)
         else:
-            server, placed = await sfu.janus_for(room_id)
-            conn = server.conn
-            assert conn is not None
-            if (server.key, placed.janus_room) not in self._made:
-                handle = await conn.attach(AUDIOBRIDGE)
-                try:
-                    await conn.message(handle, {"request": "create", "room": placed.janus_room,
-                                                "is_private": True, "sampling_rate": 48000})
-                except JanusError as exc:
-                    if exc.code != ROOM_EXISTS:
-                        raise
-                finally:
-                    await conn.detach(handle)
-                self._made.add((server.key, placed.janus_room))
+            conn, janus_room = await self._ensure(room_id)
             handle = await conn.attach(AUDIOBRIDGE)
             try:
                 _, answer = await conn.message(handle, {
-                    "request": "join", "room": placed.janus_room, "id": "m-" + secrets.token_hex(8),
+                    "request": "join", "room": janus_room, "id": "m-" + secrets.token_hex(8),
                     "display": session.user_id or "", "muted": False}, jsep)
             except (JanusError, JanusGone):
                 with contextlib.suppress(JanusError, JanusGone):
@@ -132,7 +154,7 @@ class AudioMix(HubObserver):
                 with contextlib.suppress(JanusError, JanusGone):
                     await conn.detach(handle)
                 raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"not in room {room_id!r}")
-            self.peers[key] = MixPeer(conn, handle, placed.janus_room)
+            self.peers[key] = MixPeer(conn, handle, janus_room)
         if answer is None or answer.get("type") != "answer":
             raise ProtocolError(ErrorCode.BAD_SDP, "the audio mixer did not accept the offer")
         return str(answer["sdp"])

@@ -127,11 +127,28 @@ async def _run(runner: JobRunner, rec: RecordingInfo, name: str, argv: list[str]
         raise MediaPipelineError(f"{name} failed: {job.error}") from exc
 
 
+async def _mix_file(store: RecordingStore, rec: RecordingInfo, runner: JobRunner, wav: Path) -> None:
+    """An audio-mix room: the AudioBridge's own recording of the mix, as Opus in Ogg."""
+    total = await duration(wav)
+    if not total:
+        raise MediaPipelineError("the mix recording is empty (nobody was in the mix)")
+    part = store.folder(rec.id) / "mix.ogg.part"
+    await _run(runner, rec, "encode mix.ogg", [FFMPEG, "-v", "error", "-y", "-i", str(wav), "-c:a",
+                                               "libopus", "-b:a", "64k", "-f", "ogg", str(part)],
+               total=total)
+    store.add_file(rec, part, FileInfo(name="mix.ogg", kind="mix", size=0, duration=await duration(part),
+                                       content_type="audio/ogg"))
+
+
 async def process_recording(store: RecordingStore, rec: RecordingInfo, runner: JobRunner) -> None:
     raw = store.raw(rec.id)
     out_dir = store.folder(rec.id)
     work = raw / "work"
     work.mkdir(exist_ok=True)
+    mix = raw / "mix.wav"
+    if mix.exists() and not any(raw.glob("*.mjr")):
+        await _mix_file(store, rec, runner, mix)
+        return
     people = [p for p in group(raw) if p.tracks]
     if not people:
         raise MediaPipelineError("nothing was recorded (no media reached the server)")

@@ -77,7 +77,8 @@ class ParticipantInfo(_Model):
 
 class FileInfo(_Model):
     name: str
-    kind: str = Field(description="participant (one person's audio+video) or composed (the room)")
+    kind: str = Field(description="participant (one person's audio+video), composed (the room) or "
+                                  "mix (an audio-mix room's mixed audio)")
     participant: str | None = None
     size: int
     duration: float | None = Field(None, description="seconds (ffprobe)")
@@ -180,7 +181,7 @@ class RecordingStore:
             elif rec.state is State.PROCESSING:
                 for part in self.folder(rec.id).glob("*.part"):
                     part.unlink(missing_ok=True)
-                if any(self.raw(rec.id).glob("*.mjr")):
+                if any(self.raw(rec.id).glob("*.mjr")) or any(self.raw(rec.id).glob("*.wav")):
                     rec.files, rec.progress = [], 0.0
                     self.save(rec)
                     again.append(rec)

@@ -75,8 +75,9 @@ class MediaService(HubObserver):
             self.store = RecordingStore(s.recordings_dir,
                                         min_free_bytes=s.recordings_min_free_mb * 2**20,
                                         retention_seconds=s.recordings_retention_days * 86400)
-        #: room id -> id of the recording running in it.
+        #: room id -> id of the recording running in it, and what records it (SFU or AudioBridge).
         self.active: dict[str, str] = {}
+        self._recorders: dict[str, Any] = {}
         self._disk = Periodic(DISK_CHECK_INTERVAL, self._check_disk, "recording-disk")
         self._retention = Periodic(RETENTION_INTERVAL, self._sweep, "recording-retention")
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -136,7 +137,19 @@ class MediaService(HubObserver):
     def member_joined(self, room: Room, member: Member, rejoined: bool) -> None:
         rec_id = self.active.get(room.id)
         if rec_id is not None and self.store is not None and rec_id in self.store.items:
-            self.hub.send_msg(member.session, self._notice(room.id, self.store.items[rec_id]))
+            rec = self.store.items[rec_id]
+            self.hub.send_msg(member.session, self._notice(room.id, rec))
+            if room.media == "audio-mix" and not rejoined:
+                rec.participants.append(ParticipantInfo(id=member.session.id, user_id=member.user_id,
+                                                        display_name=member.display_name,
+                                                        joined_at=time.time()))
+
+    def member_left(self, room: Room, member: Member, reason: str) -> None:
+        rec_id = self.active.get(room.id)
+        if rec_id is not None and self.store is not None and rec_id in self.store.items:
+            for p in self.store.items[rec_id].participants:
+                if p.id == member.session.id and p.left_at is None:
+                    p.left_at = time.time()
 
     def room_closed(self, room: Room) -> None:
         if room.id in self.active:
@@ -176,12 +189,12 @@ class MediaService(HubObserver):
         for b in list(self.broadcasts.values()):
             await b.stop()
         store = self.store
-        sfu = getattr(self.app, "sfu", None)
         for room_id, rec_id in list(self.active.items()):
             self.active.pop(room_id, None)
-            if sfu is not None:
+            recorder = self._recorders.pop(room_id, None)
+            if recorder is not None:
                 try:
-                    await sfu.stop_recording(room_id)
+                    await recorder.stop_recording(room_id)
                 except Exception as exc:
                     log.warning("stopping the recording of %s at shutdown: %s", room_id, exc)
             if store is not None and rec_id in store.items:
@@ -230,6 +243,19 @@ class MediaService(HubObserver):
                              "recording is off on this server (start it with --recordings-dir)")
         return self.store
 
+    def _recorder(self, room_id: str) -> Any:
+        """Who records this room: the AudioBridge for audio-mix rooms, else the SFU."""
+        room = self.app.hub.rooms.get(room_id)
+        if room is not None and room.media == "audio-mix":
+            return self.app.audiomix  # type: ignore[attr-defined]
+        return self.app.sfu  # type: ignore[attr-defined]
+
+    def recordable(self, room_id: str) -> bool:
+        room = self.app.hub.rooms.get(room_id)
+        return self.room_on_sfu(room_id) or (room is not None and room.media == "audio-mix"
+                                             and getattr(self.app, "sfu", None) is not None
+                                             and self.app.sfu.enabled)  # type: ignore[attr-defined]
+
     def room_on_sfu(self, room_id: str) -> bool:
         """Whether this room's media passes through the server (an SFU room)."""
         sfu = getattr(self.app, "sfu", None)
@@ -249,7 +275,7 @@ class MediaService(HubObserver):
         store = self._require_store()
         if room_id not in self.app.hub.rooms:
             raise MediaError(404, "room-not-found", f"no room {room_id!r}")
-        if not self.room_on_sfu(room_id):
+        if not self.recordable(room_id):
             raise self._not_sfu(room_id, "recorded")
         if room_id in self.active:
             raise MediaError(409, "already-recording",
@@ -259,8 +285,15 @@ class MediaService(HubObserver):
             raise MediaError(507, "disk-full", reason)
         rec = store.create(room_id, started_by=started_by)
         self.active[room_id] = rec.id
+        room = self.app.hub.rooms[room_id]
+        if room.media == "audio-mix":  # who is in the mix now; joins and leaves follow
+            now = time.time()
+            rec.participants = [ParticipantInfo(id=mb.session.id, user_id=mb.user_id,
+                                                display_name=mb.display_name, joined_at=now)
+                                for mb in room.members.values()]
         try:
-            await self.app.sfu.start_recording(room_id, store.raw(rec.id))  # type: ignore[attr-defined]
+            recorder = self._recorders[room_id] = self._recorder(room_id)
+            await recorder.start_recording(room_id, store.raw(rec.id))
         except Exception as exc:
             self.fail(rec, f"the media server did not start recording: {exc}")
             raise MediaError(502, "media-server-error", str(exc)) from exc
@@ -275,7 +308,7 @@ class MediaService(HubObserver):
             raise MediaError(409, "not-recording", f"room {room_id!r} is not being recorded")
         rec = store.items[rec_id]
         try:
-            await self.app.sfu.stop_recording(room_id)  # type: ignore[attr-defined]
+            await self._recorders.pop(room_id, self._recorder(room_id)).stop_recording(room_id)
         except Exception as exc:
             log.warning("stopping the recording of %s at the media server: %s", room_id, exc)
         store.transition(rec, State.PROCESSING)
@@ -345,9 +378,9 @@ class MediaService(HubObserver):
             rec = store.items.get(rec_id)
             self.active.pop(room_id, None)
             self._announce(room_id, None)
-            sfu = getattr(self.app, "sfu", None)
-            if sfu is not None:
-                self._spawn(sfu.stop_recording(room_id))
+            recorder = self._recorders.pop(room_id, None)
+            if recorder is not None:
+                self._spawn(recorder.stop_recording(room_id))
             if rec is not None:
                 self.fail(rec, reason)
 

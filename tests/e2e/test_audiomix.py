@@ -103,3 +103,42 @@ async def test_mix_is_refused_outside_audio_mix_rooms(make_server: Servers) -> N
         assert err.value.code == "wrong-media-mode"
     finally:
         await client.close()
+
+
+async def test_the_mix_is_recorded_through_the_recordings_api(make_server: Servers, tmp_path: Any) -> None:
+    """AudioBridge's own recording of the mix: one mix.ogg with every voice, same API and states."""
+    import time
+
+    from tests.e2e.test_recording import KEY, api, wait_state
+    from tests.media_probe import duration, pcm
+
+    app = await make_server(**sfu_settings(sfu="local", api_key=KEY, recordings_dir=str(tmp_path)))
+    mixers: dict[str, Mixer] = {}
+    try:
+        for name, tone in TONES.items():
+            client = Client(app.url)
+            await client.connect()
+            await client.join("hall", name, media="audio-mix")
+            mixers[name] = Mixer(client, tone)
+            await mixers[name].join("hall")
+        await asyncio.sleep(2)
+        status, rec = await api("POST", f"{app.url}/api/rooms/hall/recording")
+        assert status == 201, rec
+        started = time.monotonic()
+        notice = await mixers["low"].client.recv_type("recording", timeout=5)
+        assert notice["active"] is True
+        await asyncio.sleep(max(0.0, started + 6 - time.monotonic()))
+        status, body = await api("DELETE", f"{app.url}/api/rooms/hall/recording")
+        assert status == 200
+        final, _ = await wait_state(app, rec["id"], timeout=60)
+    finally:
+        for m in mixers.values():
+            await m.close()
+    assert final["state"] == "ready", final.get("reason")
+    assert {p["userId"] for p in final["participants"]} == set(TONES)
+    (mix,) = final["files"]
+    assert mix["name"] == "mix.ogg" and mix["kind"] == "mix" and mix["contentType"] == "audio/ogg"
+    path = tmp_path / rec["id"] / "mix.ogg"
+    assert abs(duration(path) - 6.0) <= 0.7, duration(path)
+    heard = tones_present(pcm(path, start=1, length=4), list(TONES.values()))
+    assert all(v > 20 for v in heard.values()), heard
