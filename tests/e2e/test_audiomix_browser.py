@@ -36,3 +36,11 @@ async def test_three_pages_each_get_one_mixed_stream_with_sound(make_e2e_server:
         await page.wait_for_function(f"({INBOUND})().then((e) => e[0] > {first[0]} + 0.001)",
                                      timeout=20_000)
         assert await page.evaluate("document.getElementById('mix').srcObject !== null")
+
+
+async def test_the_call_page_sends_an_audio_mix_room_to_the_audio_page(make_e2e_server: Servers,
+                                                                        open_page: PageWatch) -> None:
+    app = await make_e2e_server(**sfu(media_mode="audio-mix"))
+    page = await open_page(f"{app.url}/call.html?room=radio&name=Dee", harness=None)
+    await page.wait_for_url("**/audio.html?room=radio&name=Dee", timeout=15_000)
+    await page.wait_for_selector('#members .member:has-text("Dee (you)")', timeout=15_000)

@@ -658,6 +658,14 @@ async function main() {
   });
   hub.on('room-info', (m) => {
     if (m.roomId && m.roomId !== room) return;
+    if (m.media === 'audio-mix') {
+      // An audio room mixed on the server: it has its own page.
+      app.left = true;
+      const url = new URL('/audio.html', location.href);
+      for (const k of ['room', 'name', 'token', 'transport']) if (params.get(k)) url.searchParams.set(k, params.get(k));
+      location.replace(url.toString());
+      return;
+    }
     if (m.media && m.media !== app.mode) {
       // The room was made with the other mode: follow it.
       app.left = true;
