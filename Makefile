@@ -55,6 +55,11 @@ $(WEB_VENDOR): vendor/package.json vendor/package-lock.json
 
 vendor: $(WEB_VENDOR)
 
+# The real PeerJS browser client for tests/e2e/test_peerjs_browser.py (test-only).
+tests/e2e/peerjs/node_modules/.installed: tests/e2e/peerjs/package.json tests/e2e/peerjs/package-lock.json
+	cd tests/e2e/peerjs && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # apt-get only when something is missing and we may (root); otherwise say what is missing.
 system-deps:
 	@$(MAKE) --no-print-directory install-deps DEPS="$(SYSTEM_DEPS)"
@@ -78,7 +83,7 @@ run: run-deps $(VENV)/.installed $(WEB_VENDOR)
 	$(BIN)/rtchub serve --host $(HOST) --port $(PORT) $(if $(SFU),--sfu $(SFU))
 
 test: system-deps $(VENV)/.installed-test bench/node_modules/.installed $(VENV)/wheelhouse/.ready \
-		$(WEB_VENDOR)
+		$(WEB_VENDOR) tests/e2e/peerjs/node_modules/.installed
 	$(BIN)/ruff check rtchub tests
 	tools/netns-run $(BIN)/python -m pytest -q -rfE
 
@@ -92,9 +97,11 @@ bench: system-deps $(VENV)/.installed-test bench/node_modules/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check rtchub tests
 
-# Regenerate the README's configuration table from rtchub/settings.py.
+# Regenerate the README's configuration table from rtchub/settings.py, and the
+# browser SDK's protocol names from rtchub/protocol/constants.py.
 docs: $(VENV)/.installed
 	$(BIN)/python tools/readme_table.py
+	$(BIN)/python -m rtchub.protocol.constants > rtchub/web/sdk/protocol.js
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts vendor/node_modules rtchub/web/vendor

@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from rtchub import api, ice, sfu
+from rtchub import api, ice, peerjs, sfu
 from rtchub.auth.gate import Admission, Gatekeeper
 from rtchub.broker.cluster import attach_cluster
 from rtchub.core.hub import Hub
@@ -29,7 +29,7 @@ from rtchub.media.whip import WhipEndpoint
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
-from rtchub.transports import http_common as http_transports
+from rtchub.transports import http_routes as http_transports
 from rtchub.transports.liveness import Liveness
 from rtchub.transports.mux import WS_PATHS, PortMux, RequestHead, picows_protocol_factory
 from rtchub.transports.ws import PicowsEndpoint
@@ -88,7 +88,7 @@ class RtcHub:
         api.setup(self)
         for path in ("/ws", "/signaling"):
             r.add_get(path, self._aiohttp_ws)
-        # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_common).
+        # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_routes).
         http_transports.register(self)
         # /live/{roomId}/... (HLS broadcasts) and the /watch page (rtchub.media.hls).
         hls.register(self)
@@ -97,6 +97,8 @@ class RtcHub:
         self.whip = WhipEndpoint(self)
         self.whip.register(r)
         self.services.append(self.whip)
+        # The PeerJS server API under --peerjs-path (rtchub.peerjs).
+        peerjs.setup(self)
         if (WEB_ROOT / "index.html").exists():
             r.add_get("/", self._index)
         if WEB_ROOT.exists():
@@ -187,26 +189,36 @@ class RtcHub:
         ctx.load_cert_chain(s.certfile, s.keyfile or None)
         return ctx
 
-    async def start(self) -> None:
+    async def start(self, *, listen: bool = True) -> None:
+        """Start the services and listen on ``host:port``; ``listen=False`` starts
+        everything but the socket (rtchub.asgi serves through the host app's server)."""
         s = self.settings
         logging.getLogger("picows").setLevel(logging.WARNING)
         self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False)
         await self._runner.setup()
         http_factory = self._runner.server
         assert http_factory is not None
-        ws_factory = picows_protocol_factory(self._picows_listener, max_frame_size=s.max_message_size)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: PortMux(self._route, ws_factory, http_factory,
-                            admit=self.gatekeeper.admit_connection, loop=loop),
-            host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True, backlog=4096)
-        self.port = self._server.sockets[0].getsockname()[1]
+        if listen:
+            ws_factory = picows_protocol_factory(self._picows_listener, max_frame_size=s.max_message_size)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: PortMux(self._route, ws_factory, http_factory,
+                                admit=self.gatekeeper.admit_connection, loop=loop),
+                host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True, backlog=4096)
+            self.port = self._server.sockets[0].getsockname()[1]
         self.liveness.start()
         self._ticker.start()
         for service in self.services:
             await service.start()
-        log.info("rtchub listening on %s://%s:%d (node %s)",
-                 "https" if s.certfile else "http", s.host, self.port, self.hub.node_id)
+        if listen:
+            log.info("rtchub listening on %s://%s:%d (node %s)",
+                     "https" if s.certfile else "http", s.host, self.port, self.hub.node_id)
+
+    @property
+    def http_protocol_factory(self) -> Any:
+        """aiohttp's protocol factory for the HTTP routes (set by :meth:`start`)."""
+        assert self._runner is not None and self._runner.server is not None, "start() first"
+        return self._runner.server
 
     async def stop(self) -> None:
         """Graceful shutdown: 1001 to every client, then close within ``shutdown_timeout``."""

@@ -100,6 +100,20 @@ class Settings:
     )
     sfu_nat_ip: str = field(default="", metadata={"help": "--sfu local: public IP of a 1:1 NAT"})
     sfu_ws_port: int = field(default=0, metadata={"help": "--sfu local API port on 127.0.0.1 (0 = free)"})
+    # -- PeerJS compatibility (docs/peerjs.md) ----------------------------------
+    peerjs_path: str = field(
+        default="/peerjs", metadata={"help": "where the PeerJS server API is served ('' = off)"}
+    )
+    peerjs_key: str = field(default="peerjs", metadata={"help": "the key PeerJS clients must give"})
+    peerjs_discovery: bool = field(
+        default=False, metadata={"help": "GET {peerjs-path}/{key}/peers lists the connected peer ids"}
+    )
+    peerjs_expire_timeout: float = field(
+        default=5.0, metadata={"help": "seconds a message waits for a PeerJS peer to connect (EXPIRE)"}
+    )
+    peerjs_max_peers: int = field(
+        default=5000, metadata={"help": "PeerJS peers per key (its room's member limit)"}
+    )
 
     # -- security -----------------------------------------------------------------
     auth: str = field(default="none", metadata={"help": "none or jwt"})

@@ -467,6 +467,7 @@ ATHERIS_HARNESS = textwrap.dedent('''
 
     class Sink:
         transport_name = "fuzz"
+        resume_hint = None
         def __init__(self):
             self.session = None
             self.out = []

@@ -8,13 +8,16 @@ import pytest
 
 from rtchub.core.hub import Hub
 from rtchub.core.outgoing import Outgoing
-from rtchub.core.session import Session
+from rtchub.core.resume import Identity
+from rtchub.core.session import TRANSITIONS, IllegalTransition, Session, State
 from rtchub.protocol.codec import decode_json, json_frame
+from rtchub.protocol.errors import ErrorCode
 from rtchub.settings import Settings
 
 
 class FakeSink:
     transport_name = "fake"
+    resume_hint = None
 
     def __init__(self) -> None:
         self.session: Session | None = None
@@ -157,6 +160,20 @@ def test_room_full_and_user_id_taken(clock: Clock) -> None:
     assert sink.last()["code"] == "room-full"
     hub.receive(s, {"type": "join", "roomId": "r", "userId": "alice"})
     assert sink.last()["code"] == "user-id-taken"
+
+
+def test_room_caps_replace_the_member_limit_for_their_room(clock: Clock) -> None:
+    hub = make_hub(clock, max_room_members=2)
+    hub.room_caps["big"] = 3
+    for user in ("a", "b", "c"):
+        joined(hub, "big", user)
+    sink, s = connect(hub)
+    hub.receive(s, {"type": "join", "roomId": "big", "userId": "d"})
+    assert sink.last()["code"] == "room-full" and "(3)" in sink.last()["message"]
+    joined(hub, "small", "a2")
+    joined(hub, "small", "b2")
+    hub.receive(s, {"type": "join", "roomId": "small", "userId": "c2"})
+    assert sink.last()["code"] == "room-full" and "(2)" in sink.last()["message"]
 
 
 def test_leave_and_clean_close_give_user_left(clock: Clock) -> None:
@@ -353,3 +370,118 @@ def test_session_ids_are_random_url_safe_and_fresh_after_the_pool_refills() -> N
     hub = Hub(Settings())
     a, b = hub.open(FakeSink()), hub.open(FakeSink())
     assert a.id != b.id and len(a.id) == 16
+
+
+# ------------------------------------------------------------ session states
+def test_session_states_follow_the_transport(clock: Clock) -> None:
+    hub = make_hub(clock, grace_period=30)
+    sink, session = connect(hub)
+    assert session.state is State.ATTACHED and session.sink is sink and session.detached_at is None
+    hub.detach(session, clean=False)
+    assert session.state is State.DETACHED and session.sink is None
+    assert session.detached_at == clock.t
+    clock.t += 10
+    hub.detach(session, clean=False)  # a second drop does not restart the grace period
+    assert session.detached_at == clock.t - 10
+    sink2, s2 = connect(hub)
+    hub.receive(s2, {"type": "resume", "sessionId": session.id, "lastSeq": 0})
+    assert session.state is State.ATTACHED and session.sink is sink2 and s2.state is State.ENDED
+    hub.detach(session, clean=True)
+    assert session.state is State.ENDED and session.sink is None and session.ended
+    hub.detach(session, clean=False)  # ended stays ended
+    hub.end(session, "again")
+    assert session.state is State.ENDED
+
+
+def test_grace_period_runs_from_the_detach(clock: Clock) -> None:
+    hub = make_hub(clock, grace_period=30)
+    _, session = connect(hub)
+    clock.t += 100  # attached sessions never expire
+    hub.tick()
+    assert session.state is State.ATTACHED
+    hub.detach(session, clean=False)
+    clock.t += 29
+    hub.tick()
+    assert session.state is State.DETACHED
+    clock.t += 1
+    hub.tick()
+    assert session.state is State.ENDED and session.id not in hub.sessions
+
+
+def test_illegal_transitions_raise() -> None:
+    session = Session("s1", FakeSink(), 0.0)
+    session.detach(1.0, "disconnected")
+    with pytest.raises(IllegalTransition):
+        session.detach(2.0, "disconnected")  # DETACHED -> DETACHED
+    session.end()
+    for move in (lambda: session.attach(FakeSink()), lambda: session.detach(3.0, "x"),
+                 session.end):
+        with pytest.raises(IllegalTransition):
+            move()
+    assert session.state is State.ENDED and session.sink is None
+    assert all(State.ENDED in TRANSITIONS[s] for s in (State.ATTACHED, State.DETACHED))
+    assert not TRANSITIONS[State.ENDED]
+
+
+# ------------------------------------------------------ one resume decision
+def auth_hub(clock: Clock) -> Hub:
+    """A hub with auth on: a fake ``authenticate`` that trusts ``token`` as the sub."""
+    hub = make_hub(clock, grace_period=30)
+
+    def authenticate(session: Session, tok: str) -> None:
+        session.user_id, session.user_fixed, session.claims = tok, True, {"sub": tok, "exp": 9e9}
+
+    hub.authenticate = authenticate
+    return hub
+
+
+def test_resume_decision_with_auth(clock: Clock) -> None:
+    hub = auth_hub(clock)
+    _, alice = connect(hub)
+    hub.receive(alice, {"type": "auth", "token": "alice"})
+    _, never = connect(hub)  # waiting for its ``auth`` message
+    hub.detach(alice, clean=False)
+    as_alice = Identity("alice", {"sub": "alice", "exp": 9e10})
+    cases = [
+        (alice.id, None, ErrorCode.UNAUTHORIZED),
+        (alice.id, Identity("mallory", {"sub": "mallory"}), ErrorCode.FORBIDDEN),
+        (never.id, as_alice, ErrorCode.FORBIDDEN),  # issue 13: never authenticated
+        ("nope", as_alice, ErrorCode.SESSION_EXPIRED),
+    ]
+    for sid, identity, code in cases:
+        verdict = hub.resume_decision(sid, 0, identity)
+        assert (verdict.ok, verdict.code, verdict.session) == (False, code, None), (sid, identity)
+    assert hub.resume_decision(alice.id, alice.seq + 1, as_alice).code == ErrorCode.SESSION_EXPIRED
+    verdict = hub.resume_decision(alice.id, 0, as_alice)
+    assert verdict.ok and verdict.session is alice
+    sink = FakeSink()
+    hub.resume(verdict, sink, as_alice)
+    # The identity and the claims are the token's from now on.
+    assert alice.sink is sink and alice.claims is as_alice.claims and alice.user_fixed
+    assert sink.last()["type"] == "resumed"
+
+
+def test_unauthenticated_session_is_not_resumed_by_a_token(clock: Clock) -> None:
+    """Issue 13 item 1 at the core: the resume fails and the join keeps the token's identity."""
+    hub = auth_hub(clock)
+    _, victim = connect(hub)
+    sink, mallory = connect(hub)
+    hub.receive(mallory, {"type": "auth", "token": "mallory"})
+    hub.receive(mallory, {"type": "resume", "sessionId": victim.id, "lastSeq": 0, "id": 1})
+    assert sink.last()["code"] == "forbidden" and mallory.sink is sink
+    hub.receive(mallory, {"type": "join", "roomId": "r", "userId": "ceo", "id": 2})
+    assert sink.last()["code"] == "forbidden"
+    assert "r" not in hub.rooms and victim.claims is None
+
+
+def test_polling_sink_refuses_a_resume_message(clock: Clock) -> None:
+    hub = make_hub(clock, grace_period=30)
+    _, old = connect(hub)
+    hub.detach(old, clean=False)
+    sink = FakeSink()
+    sink.resume_hint = "resume by polling"  # type: ignore[assignment]
+    session = hub.open(sink)
+    hub.receive(session, {"type": "resume", "sessionId": old.id, "lastSeq": 0, "id": 3})
+    assert sink.last() == {"seq": 1, "type": "error", "code": "invalid-message",
+                           "message": "resume by polling", "id": 3}
+    assert old.state is State.DETACHED

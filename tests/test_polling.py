@@ -299,3 +299,17 @@ async def test_sdk_polling_rejoins_when_the_session_expired(make_server: Any) ->
         assert a.session_id != old
         await b.send({"type": "message", "roomId": "r", "to": "a", "data": "welcome back"})
         assert (await a.recv_type("message", timeout=10))["data"] == "welcome back"
+
+
+def test_http_common_does_not_import_the_transports_built_on_it() -> None:
+    """No import cycle: poll and sse build on http_common, never the reverse
+    (issue 14: ``receive_all`` used to import ``PollSink`` inside the function)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from rtchub.core.hub import Hub; "
+            "import rtchub.transports.http_common as h; "
+            "hub = Hub(); h.receive_all(hub, hub.open(None), [{'type': 'ping'}]); "
+            "assert 'rtchub.transports.poll' not in sys.modules, 'poll imported'; "
+            "assert 'rtchub.transports.sse' not in sys.modules, 'sse imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -81,9 +81,10 @@ async def open_sse(http: aiohttp.ClientSession, url: str, **headers: str) -> Sse
     return SseReader(resp)
 
 
-async def post(http: aiohttp.ClientSession, url: str, sid: str, body: Any) -> aiohttp.ClientResponse:
+async def post(http: aiohttp.ClientSession, url: str, sid: str, body: Any,
+               headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
     data = body if isinstance(body, bytes | str) else orjson.dumps(body)
-    async with http.post(f"{url}/send", params={"session": sid}, data=data) as resp:
+    async with http.post(f"{url}/send", params={"session": sid}, data=data, headers=headers) as resp:
         await resp.read()
         return resp
 
@@ -379,7 +380,8 @@ async def test_tokens_on_sse_and_polling(make_server: Any) -> None:
         assert welcome["userId"] == "alice"
         # The token decides the identity: joining as someone else is refused.
         await post(http, server.url, welcome["sessionId"],
-                   {"type": "join", "roomId": "r", "userId": "mallory", "id": 1})
+                   {"type": "join", "roomId": "r", "userId": "mallory", "id": 1},
+                   headers={"Authorization": f"Bearer {good}"})
         err = await sse.until("error")
         assert err["data"]["code"] == "forbidden" and err["data"]["id"] == 1
         # Someone else's token cannot resume alice's session.

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from rtchub.auth import forwarded
 from rtchub.auth.limits import TOO_MANY_REQUESTS, Limits
 from rtchub.core.hub import HubObserver
+from rtchub.core.resume import Identity
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from rtchub.settings import Settings
 from rtchub.timers import Periodic
@@ -54,7 +55,7 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 #: the token's remaining lifetime), so the client can fetch and send a new one.
 WARN_BEFORE = 60.0
 #: Request headers a cross-origin page may send to the HTTP transports.
-CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, X-RtcHub-Session"
 
 
 class Admission:
@@ -76,6 +77,13 @@ class Admission:
     @property
     def ok(self) -> bool:
         return self.status == 0
+
+    @property
+    def identity(self) -> Identity | None:
+        """What the token proved (None in open mode, or a WebSocket still to send ``auth``)."""
+        if self.claims is None or self.user_id is None:
+            return None
+        return Identity(self.user_id, self.claims)
 
     def headers(self) -> dict[str, str]:
         """Headers that go with a refusal (RFC 6750 section 3; RFC 6585 section 4)."""
@@ -170,6 +178,27 @@ class Gatekeeper:
             return Admission(401, str(exc), client=client)
         return Admission(claims=claims, user_id=claims["sub"], display_name=claims.get("name"),
                          client=client)
+
+    def identify(self, *, headers: Mapping[str, str], query: Mapping[str, str]) -> Admission:
+        """The token of one request on an existing session (``/send``, ``/poll``, ``/close``).
+
+        No Origin or rate check (the caller did those, or the session's own
+        limits apply): only the proof of identity that PROTOCOL.md asks of every
+        HTTP request with auth on. Admits with no identity in open mode.
+        """
+        verifier = self.verifier
+        if verifier is None:
+            return Admission()
+        token = bearer_token(headers.get("Authorization")) or query.get("token")
+        if not token:
+            return Admission(401, "token required")
+        from rtchub.auth.tokens import TokenError
+
+        try:
+            claims = verifier.verify(token)
+        except TokenError as exc:
+            return Admission(401, str(exc))
+        return Admission(claims=claims, user_id=claims["sub"], display_name=claims.get("name"))
 
     def check_request(self, request: web.Request) -> Admission:
         """:meth:`check` for a plain aiohttp route (``/ice-servers``, SSE, polling):

@@ -44,9 +44,11 @@ PANELS = (
     Panel("idle (compression off)", "server RSS per connection", "idle memory per connection",
           "KB", False),
     Panel("fanout", "deliveries/s", "fan-out to a room of 200", "deliveries/s", True),
+    Panel("asgi", "delivered msgs/s", "relay: native vs mounted in FastAPI", "msgs/s", True),
 )
 #: Server labels (plain text: no Markdown backticks in a picture).
-LABELS = {"rtchub": "rtchub", "node-ws": "Node ws relay", "py-websockets": "Python websockets relay"}
+LABELS = {"rtchub": "rtchub", "node-ws": "Node ws relay", "py-websockets": "Python websockets relay",
+          "rtchub-asgi": "rtchub in FastAPI"}
 HIGHLIGHT = "#4f5bd5"
 #: Other rtchub variants measured in the same run (another stack, an ASGI mount...).
 HIGHLIGHT_SOFT = "#9ba3ea"

@@ -80,6 +80,11 @@ def evaluate(rows: list[Metric], quick: bool, skipped: dict[str, str]) -> list[T
         q = cross / single if cross and single else None
         add("cross-node over Redis", "≥ 0.5× single node", q, bool(q and q >= 0.5),
             f"{q:.2f}×" if q else "")
+    native = find(rows, "asgi", "delivered msgs/s")
+    mounted = find(rows, "asgi", "delivered msgs/s", "rtchub-asgi")
+    q = mounted / native if mounted and native else None
+    out.append(Target("relay through the ASGI mount (FastAPI + uvicorn)", "report (× native)",
+                      f"{q:.2f}× native" if q else "not measured", None if q is None else True))
     return out
 
 
@@ -141,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
 
     say(f"rtchub bench: {', '.join(scenarios)} on {', '.join(servers)} (nofile {limit})")
     outcome = run_all(Plan(quick=args.quick, servers=tuple(servers)), scenarios, say)
+    if "asgi" in scenarios:
+        # The asgi scenario's second server gets a column of its own.
+        servers.append("rtchub-asgi")
     rows: list[Metric] = outcome["rows"]
     targets = evaluate(rows, args.quick, outcome["skipped"])
     command = "rtchub bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "rtchub bench"

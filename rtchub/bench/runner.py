@@ -111,10 +111,12 @@ class Server:
     procs: list[subprocess.Popen[Any]]
     ports: list[int]
     logs: list[Any] = field(default_factory=list)
+    #: The WebSocket path (``/rtc/ws`` for rtchub mounted in an ASGI app).
+    ws_path: str = "/ws"
 
     @property
     def urls(self) -> list[str]:
-        return [f"ws://127.0.0.1:{p}/ws" for p in self.ports]
+        return [f"ws://127.0.0.1:{p}{self.ws_path}" for p in self.ports]
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -195,6 +197,11 @@ def start_server(kind: str, *, compression: bool = False) -> Server:
         return _spawn(kind, [cmd], [port])
     if kind == "py-websockets":
         return _spawn(kind, [[sys.executable, str(PY_RELAY), str(port)]], [port])
+    if kind == "rtchub-asgi":
+        # rtchub mounted at /rtc in a FastAPI app under uvicorn (rtchub.bench.asgi_app).
+        server = _spawn(kind, [[sys.executable, "-m", "rtchub.bench.asgi_app", str(port)]], [port])
+        server.ws_path = "/rtc/ws"
+        return server
     raise BenchError(f"unknown server {kind!r}")
 
 

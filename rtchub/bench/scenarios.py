@@ -13,6 +13,9 @@ Sizes (full / ``--quick``):
 - ``cross-node``: ``relay`` across two rtchub nodes sharing Redis;
 - ``sfu``: join -> first remote frame, mesh vs SFU, rtchub CPU per SFU join,
   Janus CPU per forwarded stream (rtchub.bench.sfu, inside tools/netns-run).
+- ``asgi``: ``relay`` on the native server and on rtchub mounted in a
+  FastAPI app under uvicorn (:mod:`rtchub.bench.asgi_app`), one after the
+  other in the same run: the ratio is what docs/asgi.md quotes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary
 
 log = logging.getLogger("rtchub.bench")
 
-SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "sfu")
+SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "sfu", "asgi")
+#: The two servers of the ``asgi`` scenario: the native one, then the ASGI mount.
+ASGI_SERVERS = ("rtchub", "rtchub-asgi")
 
 
 @dataclass
@@ -84,7 +89,7 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
             metric.notes[server] = note
         raw[name] = value
 
-    if scenario in ("relay", "cross-node", "fanout"):
+    if scenario in ("relay", "cross-node", "fanout", "asgi"):
         rate = r.get("msgsPerSec") if scenario != "fanout" else r.get("deliveriesPerSec")
         delivered = r.get("delivered") or 0
         name = "deliveries/s" if scenario == "fanout" else "delivered msgs/s"
@@ -174,6 +179,18 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
             except runner.BenchError as exc:
                 skipped[scenario] = f"failed: {str(exc).splitlines()[0]}"
                 say(f"cross-node: {skipped[scenario]}")
+            continue
+        if scenario == "asgi":
+            for kind in ASGI_SERVERS:
+                say(f"asgi: {kind} ...")
+                try:
+                    with runner.serving(kind) as server:
+                        run = runner.run_client(server, relay_config(plan))
+                except runner.BenchError as exc:
+                    say(f"asgi: {kind} failed: {exc}")
+                    raw.setdefault("asgi", {})[kind] = {"error": str(exc)[:2000]}
+                    continue
+                raw.setdefault("asgi", {})[kind] = metrics_for(scenario, "", kind, run, rows)
             continue
         for variant, cfg, server_opts in configs[scenario]:
             label = scenario + (f" ({variant})" if variant else "")

@@ -15,7 +15,8 @@ from typing import Any
 
 SERVERS = ("rtchub", "node-ws", "py-websockets")
 SERVER_TITLES = {"rtchub": "rtchub", "node-ws": "Node `ws` relay",
-                 "py-websockets": "Python `websockets` relay"}
+                 "py-websockets": "Python `websockets` relay",
+                 "rtchub-asgi": "rtchub mounted in FastAPI (uvicorn)"}
 #: A load client using this share of its core or more was probably the limit.
 CLIENT_BOUND = 0.90
 

@@ -63,6 +63,7 @@ from rtchub.broker.base import Broker, BrokerDown, Op, SessionState, make_broker
 from rtchub.core.hub import Hub, HubObserver, JoinRequest
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.ratelimit import TokenBucket
+from rtchub.core.resume import Identity, ResumeVerdict
 from rtchub.core.room import Member, Room
 from rtchub.core.session import Session
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -74,6 +75,8 @@ log = logging.getLogger("rtchub.cluster")
 
 #: Ops queued for one node while the broker is down, beyond which the oldest go.
 MAX_QUEUED = 50_000
+#: Answer to a forwarded request whose proven identity may not act for the session.
+FORBIDDEN = -2
 #: How long a resume waits for the old node to hand a session over.
 HANDOVER_TIMEOUT = 2.0
 
@@ -138,8 +141,8 @@ class Cluster(HubObserver):
         #: POST /send forwarded to the owning node, waiting for its answer: reqid -> future.
         self.forwards: dict[str, asyncio.Future[int]] = {}
         #: How the owning node hands a forwarded POST /send body to its session
-        #: (messages in order; returns how many were accepted). The HTTP transports
-        #: replace it with their own (rtchub.transports.http_common.receive_all).
+        #: (messages in order; returns how many were accepted): the same loop as
+        #: rtchub.transports.http_common.receive_all.
         self.receive_batch: Any = self._receive_batch
         #: Cluster-wide room lifecycle, for the webhooks (a node's own Room objects
         #: come and go with its local members, so they would fire once per node):
@@ -453,7 +456,7 @@ class Cluster(HubObserver):
         stub = self.stubs.get(sid)
         if stub is None:
             stub = Session(sid, None, self.hub.clock())
-            stub.ended = True
+            stub.end()  # a remote member's placeholder: never resumed or fed here
             stub.user_fixed = True
             self.stubs[sid] = stub
         stub.node = node
@@ -642,7 +645,7 @@ class Cluster(HubObserver):
                      key: tuple[str, str]) -> None:
         room_id, uid = req.room_id, req.user_id
         try:
-            limit = self.hub.room_limit(req.media or self.settings.media_mode)
+            limit = self.hub.room_cap(room_id, req.media or self.settings.media_mode)
             res = await self.broker.claim(room_id, uid, session.id, req.display_name or uid,
                                           limit, self.ttl_ms)
         except BrokerDown as exc:
@@ -720,9 +723,12 @@ class Cluster(HubObserver):
         asyncio.get_running_loop().create_task(self._resume_task(fresh, old_id, last_seq, msg_id))
 
     async def _resume_task(self, fresh: Session, old_id: str, last_seq: int, msg_id: Any) -> None:
-        restored = await self._take(old_id, last_seq)
+        restored, refusal = await self._take(old_id, last_seq, Identity.of(fresh))
         if fresh.ended or fresh.sink is None:
             return  # the client went away meanwhile; the session waits in its grace period
+        if refusal is not None:
+            self.hub.error(fresh, refusal.error(msg_id))
+            return
         if restored is None:
             self.hub.error(fresh, ProtocolError(ErrorCode.SESSION_EXPIRED,
                                                 "session is gone; join again", msg_id))
@@ -732,27 +738,34 @@ class Cluster(HubObserver):
             msg["id"] = msg_id
         self.hub.receive(fresh, msg)  # now local: the hub's own resume replays it
 
-    async def take_over(self, sid: str, last_seq: int) -> Session | None:
+    async def take_over(self, sid: str, last_seq: int, identity: Identity | None = None
+                        ) -> ResumeVerdict | None:
         """Make session ``sid``, held by another node (or only mirrored), a session of this node.
 
         The HTTP transports' resume on another node: an SSE ``Last-Event-ID`` or
         a poll reaching a node that does not hold the session. The same hand-over
         as a WebSocket ``resume`` (:meth:`_resume_task`), but there is no fresh
         session to replace: the caller attaches its transport with
-        :meth:`Hub.attach`, which replays and says ``resumed``. Returns the
-        session (detached until then), or None when no node can give it.
+        :meth:`Hub.resume` after :meth:`Hub.resume_decision`, as for a local
+        session. Returns the holder's refusal (the session is not moved), else
+        None: the session, if any node could give it, is now in ``hub.sessions``.
         """
-        s = self.hub.sessions.get(sid)
-        if s is not None:
-            return None if s.ended else s
-        if not self.ready or sid in self.resuming:
+        if sid in self.hub.sessions or not self.ready or sid in self.resuming:
             return None
         self.resuming[sid] = []
-        return await self._take(sid, last_seq)
+        return (await self._take(sid, last_seq, identity))[1]
 
-    async def _take(self, old_id: str, last_seq: int) -> Session | None:
-        """Hand-over (or restore from the mirror) of ``old_id``; ``resuming[old_id]`` is set."""
+    async def _take(self, old_id: str, last_seq: int, identity: Identity | None
+                    ) -> tuple[Session | None, ResumeVerdict | None]:
+        """Hand-over (or restore from the mirror) of ``old_id``; ``resuming[old_id]`` is set.
+
+        The node holding the session asks its hub's :meth:`Hub.resume_decision`
+        for ``identity`` first and refuses the hand-over when the identity may
+        not have it: a foreign token must not even move the session (its
+        transport would be closed with 4009). The refusal is returned.
+        """
         restored: Session | None = None
+        refusal: ResumeVerdict | None = None
         inbox: list[tuple[str, int, Outgoing, str | None]] = []
         mirrored: set[str] = set()
         try:
@@ -761,14 +774,18 @@ class Cluster(HubObserver):
                 handed = False
                 reqid = secrets.token_hex(6)
                 fut = self.handovers[reqid] = asyncio.get_running_loop().create_future()
+                uid = identity.user_id if identity is not None else ""
                 try:
-                    if await self.broker.request(owner, msgpack.packb([["h", old_id, self.node, reqid]])):
+                    if await self.broker.request(
+                            owner, msgpack.packb([["h", old_id, self.node, reqid, uid]])):
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(fut, HANDOVER_TIMEOUT)
+                            answer = await asyncio.wait_for(fut, HANDOVER_TIMEOUT)
                             handed = True
+                            if answer:
+                                refusal = ResumeVerdict(None, last_seq, answer[0], answer[1])
                 finally:
                     self.handovers.pop(reqid, None)
-                state = await self.broker.take(old_id)
+                state = await self.broker.take(old_id) if refusal is None else None
                 if state is not None:
                     restored, mirrored, nodes = await self._restore(old_id, state, last_seq)
                     inbox = [_inboxed(raw) for raw in state.inbox]
@@ -784,7 +801,7 @@ class Cluster(HubObserver):
             queued = self.resuming.pop(old_id, [])
         if restored is not None:
             self._activate(restored, inbox + queued, mirrored)
-        return restored
+        return restored, refusal
 
     async def _restore(self, sid: str, state: SessionState, last_seq: int
                        ) -> tuple[Session, set[str], set[str]]:
@@ -929,13 +946,17 @@ class Cluster(HubObserver):
         self._note_meta(s)
     def _op_handover(self, op: list[Any]) -> None:
         """Another node resumes our session ``sid``: let go of it, keep nothing."""
-        _, sid, to_node, reqid = op
+        _, sid, to_node, reqid = op[:4]
         hub = self.hub
         s = hub.sessions.get(sid)
         if s is not None:
-            sink = s.sink
+            uid = op[4] if len(op) > 4 else ""
+            verdict = hub.resume_decision(sid, s.seq, Identity(uid, {}) if uid else None)
+            if verdict.code in (ErrorCode.FORBIDDEN, ErrorCode.UNAUTHORIZED):
+                self._emit({to_node}, ["H", reqid, verdict.code, verdict.message])
+                return
+            sink = s.end()
             if sink is not None:
-                s.sink = None
                 if sink.session is s:
                     sink.session = None
                 sink.close(CloseCode.TAKEN_OVER, "session resumed on another node")
@@ -952,7 +973,6 @@ class Cluster(HubObserver):
             if not stub.rooms:
                 self.stubs.pop(sid, None)
             s.rooms.clear()
-            s.ended = True
             self.meta_known.discard(sid)
             self.moved[sid] = (to_node, time.monotonic())
             for obs in hub.observers:
@@ -964,28 +984,32 @@ class Cluster(HubObserver):
     def _op_handed(self, op: list[Any]) -> None:
         fut = self.handovers.get(op[1])
         if fut is not None and not fut.done():
-            fut.set_result(None)
+            fut.set_result(op[2:])  # [] when handed over, [code, message] when refused
 
     # ================================================= HTTP upstream forwarding
-    async def forward_receive(self, sid: str, msgs: list[Any]) -> int | None:
+    async def forward_receive(self, sid: str, msgs: list[Any], user_id: str | None = None
+                              ) -> int | None:
         """``POST /send`` for a session another node holds: that node receives ``msgs``.
 
         The owning node (the session record in the directory) hands them to its
         session in order and answers with how many it accepted; the caller
         answers its HTTP request only then, so a client that waits for each
         ``202`` keeps its order whichever nodes its requests reach. None when no
-        live node holds ``sid`` (the caller says ``session-expired``).
+        live node holds ``sid`` (the caller says ``session-expired``);
+        :data:`FORBIDDEN` when ``user_id`` (what the request's token proved, with
+        auth on) may not act for the session (:meth:`Hub.identity_refusal`).
         """
-        accepted = await self._ask_owner("s", sid, orjson.dumps(msgs))
-        return accepted if accepted is not None and accepted >= 0 else None
+        accepted = await self._ask_owner("s", sid, orjson.dumps(msgs), user_id or "")
+        return accepted if accepted is not None and accepted not in (-1,) else None
 
-    async def forward_close(self, sid: str) -> bool:
+    async def forward_close(self, sid: str, user_id: str | None = None) -> int | None:
         """``POST /close`` for a session another node holds: that node ends it.
 
-        False when no live node holds ``sid`` (the caller says ``session-expired``).
+        1 when closed; None when no live node holds ``sid`` (the caller says
+        ``session-expired``); :data:`FORBIDDEN` as for :meth:`forward_receive`.
         """
-        closed = await self._ask_owner("c", sid)
-        return closed is not None and closed > 0
+        closed = await self._ask_owner("c", sid, user_id or "")
+        return closed if closed is not None and closed not in (-1, 0) else None
 
     async def _ask_owner(self, kind: str, sid: str, *args: Any) -> int | None:
         """Op ``[kind, sid, this node, request id, *args]`` to the node holding ``sid``.
@@ -1037,9 +1061,20 @@ class Cluster(HubObserver):
             self._emit({from_node}, [answer, reqid, -1])
         return None
 
+    def _refused(self, s: Session, op: list[Any], answer: str, uid: Any) -> bool:
+        """The requester's proven identity (``uid``, "" for none) may not act for ``s``:
+        answer :data:`FORBIDDEN` (the one identity rule of the hub decides)."""
+        identity = Identity(uid, {}) if uid else None
+        if self.hub.identity_refusal(s, identity) is None:
+            return False
+        self._emit({op[2]}, [answer, op[3], FORBIDDEN])
+        return True
+
     def _op_close(self, op: list[Any]) -> None:
         s = self._owned(op, "C")
         if s is not None:
+            if self._refused(s, op, "C", op[4] if len(op) > 4 else ""):
+                return
             self.close_session(s)
             self._emit({op[2]}, ["C", op[3], 1])
 
@@ -1055,6 +1090,8 @@ class Cluster(HubObserver):
     def _op_receive(self, op: list[Any]) -> None:
         s = self._owned(op, "S")
         if s is None:
+            return
+        if self._refused(s, op, "S", op[5] if len(op) > 5 else ""):
             return
         body = op[4]
         if isinstance(body, str):

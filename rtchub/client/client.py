@@ -6,7 +6,14 @@ app sends (except ``ping``/``resume``/``auth``) gets an ``id`` and stays in
 ``resume {sessionId, lastSeq}``; the server replays what this client missed,
 and the client resends everything still un-acked (the server drops the ones
 it had already accepted, by id). If the session is gone (``session-expired``)
-the client adopts the new session, joins its rooms again and resends.
+the client adopts the new session, joins its rooms again and resends what
+still means something in the new session: chat and app messages, and joins
+not yet answered. Un-acked signaling (``offer``/``answer``/``candidate``/
+``signal``) is dropped and its sender told ``session-expired``: it belonged
+to peer connections that the peers tear down when they see the rejoin, and
+an old offer arriving after that would start a negotiation nobody expects.
+Un-acked ``leave`` is done (the new session is in no room). The browser SDK
+does the same (rtchub/web/sdk/hub.js ``_resumeFailed``).
 Incoming messages with ``seq <= lastSeq`` are duplicates and are dropped.
 """
 
@@ -24,6 +31,8 @@ from typing import Any
 import aiohttp
 
 from rtchub.client.transports import TRANSPORTS, Transport, TransportClosed, make_transport
+from rtchub.protocol.constants import RELAY_TYPES
+from rtchub.protocol.errors import CloseCode, ErrorCode
 
 log = logging.getLogger("rtchub.client")
 
@@ -31,7 +40,8 @@ log = logging.getLogger("rtchub.client")
 _INTERNAL = frozenset({"welcome", "ack", "resumed", "pong"})
 #: 1000 we closed; 4001/4003 auth refused (retrying cannot help); 4009 another
 #: connection resumed this session - reconnecting would steal it back.
-NO_RECONNECT_CODES = frozenset({1000, 4001, 4003, 4009})
+NO_RECONNECT_CODES = frozenset({CloseCode.NORMAL, CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN,
+                                CloseCode.TAKEN_OVER})
 #: States in which the session is usable (the browser SDK's ``online``).
 _ONLINE = frozenset({"connected", "resumed", "rejoined"})
 #: Defaults of the browser SDK (rtchub/web/sdk/hub.js): ``probeIntervalMs``
@@ -393,6 +403,7 @@ class Client:
 
     async def _rejoin(self) -> None:
         """Fresh session after ``session-expired``: join the rooms again, then resend."""
+        self._drop_stale()
         for join in list(self.rooms.values()):
             msg = dict(join)
             msg["id"] = f"rejoin-{next(self._ids)}"
@@ -400,6 +411,25 @@ class Client:
         self._connected.set()
         self._set_state("rejoined")
         self._resend()
+
+    def _drop_stale(self) -> None:
+        """Forget the un-acked messages that have no meaning in a new session (module doc)."""
+        for mid, msg in list(self.unacked.items()):
+            mtype = msg.get("type")
+            if mtype in RELAY_TYPES:
+                outcome: dict[str, Any] | ClientError = ClientError(
+                    ErrorCode.SESSION_EXPIRED, "session expired before the server took it", msg)
+            elif mtype == "leave" or (mtype == "join" and msg.get("roomId") in self.rooms):
+                outcome = {"type": "ack", "id": mid}  # the rejoin below stands for it
+            else:
+                continue
+            del self.unacked[mid]
+            fut = self._waiters.pop(mid, None)
+            if fut is not None and not fut.done():
+                if isinstance(outcome, ClientError):
+                    fut.set_exception(outcome)
+                else:
+                    fut.set_result(outcome)
 
     def _resend(self) -> None:
         for msg in list(self.unacked.values()):
@@ -474,6 +504,22 @@ class Client:
         if user_id is not None:
             self.user_id = user_id
         return info
+
+    async def refresh_token(self, token: str) -> dict[str, Any]:
+        """Replace the session's token before it expires (answer to ``token-expiring``).
+
+        Sends an ``auth`` message with it (under the current token, which is
+        still valid when this answers ``token-expiring``) and, once the server
+        accepted it, uses it from then on: for every HTTP request of SSE and
+        polling (which prove the identity per request) and for reconnects.
+        Returns the ``ack``; a token for another user raises :class:`ClientError`
+        ``forbidden`` and the current token stays.
+        """
+        ack = await self.request({"type": "auth", "token": token})
+        self.token = token
+        if self._transport is not None:
+            self._transport.token = token
+        return ack
 
     async def leave(self, room_id: str) -> None:
         self.rooms.pop(room_id, None)

@@ -24,6 +24,9 @@ class TransportClosed(Exception):
 class Transport:
     name = "?"
     close_code: int | None = None
+    #: The token the transport sends with its requests (HTTP transports send
+    #: it with every request; a WebSocket only at the handshake).
+    token: str | None = None
 
     async def send(self, msg: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -49,10 +52,18 @@ class Transport:
 
 
 def base_url(url: str) -> str:
-    """``ws://h:p/ws`` or ``http://h:p`` -> ``http://h:p`` (scheme mapped, path dropped)."""
+    """The HTTP base beside a WebSocket URL: ``ws://h:p/ws`` or ``http://h:p`` ->
+    ``http://h:p``. A mount prefix before ``/ws`` (or ``/signaling``) stays:
+    ``ws://h:p/rtc/ws`` -> ``http://h:p/rtc`` (rtchub mounted in an ASGI app);
+    any other path is the WebSocket's alone."""
     parts = urlsplit(url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, "", "", ""))
+    path = parts.path.rstrip("/")
+    prefix = ""
+    for ws_path in ("/ws", "/signaling"):
+        if path.endswith(ws_path):
+            prefix = path[: -len(ws_path)]
+    return urlunsplit((scheme, parts.netloc, prefix, "", ""))
 
 
 def ws_url(url: str, token: str | None = None) -> str:
@@ -76,8 +87,11 @@ class WebSocketTransport(Transport):
     async def open(cls, http: aiohttp.ClientSession, url: str, *, codec: str = "json",
                    token: str | None = None) -> WebSocketTransport:
         proto = "rtchub.v1.msgpack" if codec == "msgpack" else "rtchub.v1.json"
-        ws = await http.ws_connect(ws_url(url, token), protocols=(proto,), autoping=True,
-                                   max_msg_size=0, heartbeat=None)
+        # The token goes in a header (RFC 6750 section 2.1), not the URL: URLs
+        # end up in proxy logs. (Browsers cannot set it; they send ``auth``.)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        ws = await http.ws_connect(ws_url(url), protocols=(proto,), autoping=True,
+                                   max_msg_size=0, heartbeat=None, headers=headers)
         return cls(ws, codec)
 
     async def send(self, msg: dict[str, Any]) -> None:

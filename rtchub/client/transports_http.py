@@ -33,6 +33,7 @@ import aiohttp
 import orjson
 
 from rtchub.client.transports import TRANSPORTS, Transport, TransportClosed, base_url
+from rtchub.protocol.constants import SESSION_HEADER
 
 log = logging.getLogger("rtchub.client.http")
 
@@ -95,8 +96,16 @@ class _HttpTransport(Transport):
         self._outq: deque[tuple[dict[str, Any], asyncio.Future[None]]] = deque()
         self._sender: asyncio.Task[None] | None = None
 
-    def _params(self) -> dict[str, str]:
-        return {"token": self.token} if self.token else {}
+    def _headers(self, session_id: str | None = None, **extra: str) -> dict[str, str]:
+        """Credentials travel in headers, never in the URL (PROTOCOL.md "SSE and
+        long-polling"): the token as ``Authorization: Bearer`` (RFC 6750 section
+        2.1) and the session id as ``X-RtcHub-Session``."""
+        headers = dict(extra)
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if session_id:
+            headers[SESSION_HEADER] = session_id
+        return headers
 
     async def send(self, msg: dict[str, Any]) -> None:
         if self.closed:
@@ -116,8 +125,8 @@ class _HttpTransport(Transport):
 
     async def send_raw(self, data: str | bytes) -> aiohttp.ClientResponse:
         """POST a body as is (tests: malformed input); returns the response, read."""
-        async with self.http.post(f"{self.base}/send", params={"session": self.session_id or ""},
-                                  data=data, headers=JSON_HEADERS) as resp:
+        async with self.http.post(f"{self.base}/send", data=data,
+                                  headers=self._headers(self.session_id, **JSON_HEADERS)) as resp:
             await resp.read()
             return resp
 
@@ -142,15 +151,15 @@ class _HttpTransport(Transport):
 
     async def _post(self, msgs: list[dict[str, Any]]) -> None:
         body = orjson.dumps(msgs[0] if len(msgs) == 1 else msgs)
-        async with self.http.post(f"{self.base}/send", params={"session": self.session_id or ""},
-                                  data=body, headers=JSON_HEADERS) as resp:
+        async with self.http.post(f"{self.base}/send", data=body,
+                                  headers=self._headers(self.session_id, **JSON_HEADERS)) as resp:
             await _check(resp, 202)
 
     async def _post_close(self, session_id: str | None) -> None:
         if session_id is None:
             return
         with contextlib.suppress(Exception):
-            async with self.http.post(f"{self.base}/close", params={"session": session_id},
+            async with self.http.post(f"{self.base}/close", headers=self._headers(session_id),
                                       timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 await resp.read()
 
@@ -208,7 +217,7 @@ class SseTransport(_HttpTransport):
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
         resp = await self.http.get(
-            f"{self.base}/sse", params=self._params(), headers=headers,
+            f"{self.base}/sse", headers=self._headers(**headers),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None))
         await _check(resp, 200)
         self.resp = resp
@@ -334,7 +343,7 @@ class PollingTransport(_HttpTransport):
                    token: str | None = None, poll_timeout: float | None = None,
                    interval: float = 0.25) -> PollingTransport:
         transport = cls(http, url, token, poll_timeout, interval)
-        async with http.post(f"{transport.base}/poll/open", params=transport._params(),
+        async with http.post(f"{transport.base}/poll/open", headers=transport._headers(),
                              timeout=aiohttp.ClientTimeout(total=10)) as resp:
             await _check(resp, 200)
             welcome = orjson.loads(await resp.read())
@@ -347,8 +356,8 @@ class PollingTransport(_HttpTransport):
     async def _poll(self, session_id: str, after: int) -> list[dict[str, Any]]:
         timeout = self.poll_timeout or 0.0
         resp = await self.http.get(
-            f"{self.base}/poll", params={"session": session_id, "after": str(after),
-                                         "timeout": str(timeout)},
+            f"{self.base}/poll", params={"after": str(after), "timeout": str(timeout)},
+            headers=self._headers(session_id),
             timeout=aiohttp.ClientTimeout(total=timeout + 15))
         self._poll_resp = resp
         try:
@@ -425,8 +434,8 @@ class PollingTransport(_HttpTransport):
         old_id, last_seq, rid = msg.get("sessionId"), msg.get("lastSeq"), msg.get("id")
         try:
             async with self.http.get(
-                    f"{self.base}/poll",
-                    params={"session": str(old_id), "after": str(last_seq), "timeout": "0"},
+                    f"{self.base}/poll", params={"after": str(last_seq), "timeout": "0"},
+                    headers=self._headers(str(old_id)),
                     timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 await _check(resp, 200)
                 batch = orjson.loads(await resp.read())

@@ -7,6 +7,7 @@ messages in (:meth:`Hub.receive`) and receive deliveries through the
 
 from rtchub.core.hub import Hub
 from rtchub.core.outgoing import Outgoing
-from rtchub.core.session import Session, Sink
+from rtchub.core.resume import Identity, ResumeVerdict
+from rtchub.core.session import Session, Sink, State
 
-__all__ = ["Hub", "Outgoing", "Session", "Sink"]
+__all__ = ["Hub", "Identity", "Outgoing", "ResumeVerdict", "Session", "Sink", "State"]

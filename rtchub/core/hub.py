@@ -23,8 +23,9 @@ from rtchub import SERVER_NAME, __version__
 from rtchub.core.ids import session_id
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.ratelimit import TokenBucket
+from rtchub.core.resume import GONE, NOT_BUFFERED, Identity, ResumeVerdict
 from rtchub.core.room import MEDIA_MODES, Member, Room
-from rtchub.core.session import Session, Sink
+from rtchub.core.session import Session, Sink, State
 from rtchub.protocol import messages as m
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from rtchub.settings import Settings
@@ -117,6 +118,9 @@ class Hub:
         #: room this join creates (may raise ProtocolError). ``None``: the join's
         #: own ``media`` field, else ``--media-mode``. Set by rtchub.sfu.
         self.media_policy: Callable[[Session, JoinRequest], str] | None = None
+        #: Member limits of particular rooms (roomId -> limit) instead of
+        #: ``max_room_members``: a PeerJS key is one room holding a whole app's peers.
+        self.room_caps: dict[str, int] = {}
         #: ``resume_elsewhere(session, old_id, last_seq, msg_id)``: set by the cluster
         #: (rtchub.broker.cluster) to resume a session another node holds; it
         #: answers asynchronously. ``None`` on a single node. The cluster also
@@ -233,22 +237,23 @@ class Hub:
         unclean drop keeps it for ``grace_period`` seconds so the client can
         ``resume``; members see nothing until the grace period runs out.
         """
-        if session.ended:
+        state = session.state
+        if state is State.ENDED:
             return
-        session.sink = None
         if clean or self.settings.grace_period <= 0:
             self.end(session, "left" if clean else reason)
             return
-        session.detached_at = self.clock()
-        session.detach_reason = reason
+        if state is State.DETACHED:
+            return  # already waiting out its grace period
+        session.detach(self.clock(), reason)
         for obs in self.observers:
             obs.session_detached(session, reason)
 
     def end(self, session: Session, reason: str) -> None:
         """End a session for good: leave its rooms, free its buffer."""
-        if session.ended:
+        if session.state is State.ENDED:
             return
-        session.ended = True
+        sink = session.end()
         for room_id in list(session.rooms):
             room = self.rooms.get(room_id)
             if room is not None:
@@ -257,8 +262,6 @@ class Hub:
         session.buffer.clear()
         session.buffer_bytes = 0
         self.sessions.pop(session.id, None)
-        sink = session.sink
-        session.sink = None
         if sink is not None and sink.session is session:
             sink.session = None
         for obs in self.observers:
@@ -268,8 +271,9 @@ class Hub:
         """Expire sessions whose grace period is over (called about once a second)."""
         now = self.clock()
         limit = now - self.settings.grace_period
+        detached = State.DETACHED
         expired = [s for s in self.sessions.values()
-                   if s.detached_at is not None and s.sink is None and s.detached_at <= limit]
+                   if s.state is detached and s.detached_at <= limit]  # type: ignore[operator]
         for session in expired:
             self.end(session, session.detach_reason)
 
@@ -435,7 +439,7 @@ class Hub:
                 if not old.rooms:
                     self.end(old, "rejoined")
                 rejoined = True
-            elif len(room.members) >= (limit := self.room_limit(room.media)):
+            elif len(room.members) >= (limit := self.room_cap(room_id, room.media)):
                 raise ProtocolError(ErrorCode.ROOM_FULL,
                                     f"{room.media} room {room_id!r} is full ({limit})", req.msg_id)
         else:
@@ -462,6 +466,12 @@ class Hub:
             self._accepted(session, req.msg_id)
         for obs in self.observers:
             obs.member_joined(room, member, rejoined)
+
+    def room_cap(self, room_id: str, media: str = "mesh") -> int:
+        """How many members ``room_id`` may hold: its own cap (``room_caps``), else the
+        limit of its media mode (:meth:`room_limit`)."""
+        cap = self.room_caps.get(room_id)
+        return cap if cap is not None else self.room_limit(media)
 
     def _leave(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
         room_id = m.check_id(msg.get("roomId"), "roomId", msg_id)
@@ -572,38 +582,96 @@ class Hub:
 
     # ------------------------------------------------------------------ resume
     def _resume(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
+        """The ``resume`` message: this connection takes over session ``sessionId``."""
         old_id = msg.get("sessionId")
         last_seq = msg.get("lastSeq")
         if type(old_id) is not str or type(last_seq) is not int or last_seq < 0:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
                                 "resume needs sessionId (string) and lastSeq (integer >= 0)", msg_id)
-        # With auth on, a session id alone is not enough to take a session over.
-        self._require_auth(session, msg_id)
         sink = session.sink
         if sink is None:
             return
+        if sink.resume_hint is not None:
+            # This transport resumes another way (polling: by polling the old
+            # session); a ``resume`` message would move it under the id it keeps using.
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, sink.resume_hint, msg_id)
         if session.rooms:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
                                 "resume must come before joining rooms", msg_id)
-        old = self.sessions.get(old_id)
-        if old is None and self.resume_elsewhere is not None:
+        if old_id == session.id:
+            raise ProtocolError(ErrorCode.SESSION_EXPIRED, "session is gone; join again", msg_id)
+        identity = Identity.of(session)
+        verdict = self.resume_decision(old_id, last_seq, identity)
+        if not verdict.held and self.resume_elsewhere is not None \
+                and verdict.code == ErrorCode.SESSION_EXPIRED:
+            # Another node may hold it: the cluster fetches it, then sends this
+            # ``resume`` again, and the verdict is asked again here.
             self.resume_elsewhere(session, old_id, last_seq, msg_id)
             return
-        if old is None or old is session:
-            raise ProtocolError(ErrorCode.SESSION_EXPIRED, "session is gone; join again", msg_id)
-        if (session.claims is not None and old.user_id is not None
-                and session.user_fixed and session.user_id != old.user_id):
-            raise ProtocolError(ErrorCode.FORBIDDEN, "that session belongs to another user", msg_id)
-        if not self.can_replay(old, last_seq):
-            raise ProtocolError(ErrorCode.SESSION_EXPIRED,
-                                "missed messages are no longer buffered; join again", msg_id)
-        if session.claims is not None:
-            # The token of the new connection is the fresh one (expiry, rooms).
-            old.claims = session.claims
+        if not verdict.ok:
+            raise verdict.error(msg_id)
         # The fresh session only said welcome; it is replaced by the old one.
-        session.sink = None
         self.end(session, "resumed")
-        self.attach(old, sink, last_seq, msg_id)
+        self.resume(verdict, sink, identity, msg_id)
+
+    def resume_decision(self, old_id: str, last_seq: int, identity: Identity | None
+                        ) -> ResumeVerdict:
+        """May ``old_id`` be resumed from ``last_seq`` by a request that proved ``identity``?
+
+        The one decision for every transport (:mod:`rtchub.core.resume`).
+        With auth on: an unauthenticated request is ``unauthorized``; a
+        session that never authenticated, or whose userId is not the token's
+        ``sub``, is ``forbidden``. Then the session must exist and still hold
+        every message after ``last_seq`` (else ``session-expired``, never a
+        gap). Pure: nothing changes until :meth:`resume` acts on the verdict.
+        """
+        auth_on = self.authenticate is not None
+        if auth_on and identity is None:
+            return ResumeVerdict(None, last_seq, ErrorCode.UNAUTHORIZED,
+                                 "authenticate before resuming a session")
+        old = self.sessions.get(old_id)
+        if old is None or old.state is State.ENDED:
+            return ResumeVerdict(None, last_seq, ErrorCode.SESSION_EXPIRED, GONE,
+                                 held=old is not None)
+        refusal = self.identity_refusal(old, identity)
+        if refusal is not None:
+            return ResumeVerdict(None, last_seq, ErrorCode.FORBIDDEN, refusal)
+        if not self.can_replay(old, last_seq):
+            return ResumeVerdict(None, last_seq, ErrorCode.SESSION_EXPIRED, NOT_BUFFERED)
+        return ResumeVerdict(old, last_seq)
+
+    def identity_refusal(self, session: Session, identity: Identity | None) -> str | None:
+        """Why a request that proved ``identity`` may not act for ``session`` (None: it may).
+
+        Open mode: anyone holding the id may. With auth on: only a request whose
+        token's ``sub`` is the userId of a session that authenticated. Used by
+        :meth:`resume_decision` and by every HTTP request on a session (``/send``,
+        ``/poll``, ``/close``), so both ask the same question.
+        """
+        if self.authenticate is None:
+            return None
+        if identity is None:
+            return "authenticate first"
+        if session.claims is None:
+            return "that session never authenticated; it cannot be taken over"
+        if session.user_id != identity.user_id:
+            return "that session belongs to another user"
+        return None
+
+    def resume(self, verdict: ResumeVerdict, sink: Sink, identity: Identity | None,
+               msg_id: Any = None) -> int:
+        """Act on a favourable verdict: ``sink`` takes the session over and gets the replay.
+
+        The identity is fixed from the token that proved it: its claims are the
+        fresh ones (expiry, rooms) from now on, as a fresh ``auth`` would make them.
+        """
+        session = verdict.session
+        assert verdict.ok and session is not None
+        if identity is not None:
+            session.user_id = identity.user_id
+            session.user_fixed = True
+            session.claims = identity.claims
+        return self.attach(session, sink, verdict.last_seq, msg_id)
 
     def can_replay(self, session: Session, last_seq: int) -> bool:
         """True when every message after ``last_seq`` is still in the buffer."""
@@ -616,17 +684,15 @@ class Hub:
     def attach(self, session: Session, sink: Sink, last_seq: int, msg_id: Any = None) -> int:
         """Move ``sink`` onto ``session`` and replay everything after ``last_seq``.
 
-        Used by ``resume`` over WebSocket, by SSE's ``Last-Event-ID`` and by
-        long-polling. A transport still attached to the session is closed with
+        Use :meth:`resume` after :meth:`resume_decision` for a resume; this
+        is its mechanics, without any check. A transport still attached to the session is closed with
         4009: two readers would each miss what the other took.
         """
-        old_sink = session.sink
+        old_sink = session.attach(sink)
+        sink.session = session
         if old_sink is not None and old_sink is not sink:
             old_sink.session = None
             old_sink.close(CloseCode.TAKEN_OVER, "session resumed elsewhere")
-        session.sink = sink
-        sink.session = session
-        session.detached_at = None
         replayed = 0
         for seq, body in session.buffer:
             if seq > last_seq:

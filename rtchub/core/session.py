@@ -5,10 +5,17 @@ make ``resume`` exact (PROTOCOL.md "Sessions, heartbeat, resume"): every
 message sent is numbered and kept (bounded by count and bytes) so that a
 client reconnecting with ``lastSeq`` gets precisely what it missed, or a
 ``session-expired`` when that is no longer possible - never a silent gap.
+
+A session is in exactly one :class:`State` at a time, and only the
+transitions of :data:`TRANSITIONS` are legal (the shape of python-websockets'
+``State``): the flags it replaces (``ended``, ``sink is None``,
+``detached_at``) could be combined into states that mean nothing, such as an
+ended session that still has a transport.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict, deque
 from typing import Any, Protocol
 
@@ -28,10 +35,38 @@ class Sink(Protocol):
 
     session: Session | None
     transport_name: str
+    #: None when a ``resume`` message may move this transport onto another
+    #: session; else the transport resumes another way and this text says how
+    #: (polling: a poll of the old session is the resume).
+    resume_hint: str | None
 
     def deliver(self, seq: int, out: Outgoing) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
+
+
+class State(enum.Enum):
+    """Where a session is in its life (PROTOCOL.md "Sessions, heartbeat, resume")."""
+
+    #: A transport feeds it: ``sink`` is set.
+    ATTACHED = "attached"
+    #: Its transport is gone; it waits ``grace_period`` seconds for a resume.
+    DETACHED = "detached"
+    #: Over for good: out of its rooms, buffer freed, never resumable again.
+    ENDED = "ended"
+
+
+#: state -> the states it may move to. ATTACHED -> ATTACHED is a take-over (a
+#: second transport resumes the session; the first is closed with 4009).
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.ATTACHED: frozenset({State.ATTACHED, State.DETACHED, State.ENDED}),
+    State.DETACHED: frozenset({State.ATTACHED, State.ENDED}),
+    State.ENDED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A state change that :data:`TRANSITIONS` does not allow: a bug in the caller."""
 
 
 class Session:
@@ -39,7 +74,7 @@ class Session:
         "id", "user_id", "display_name", "rooms", "sink", "seq", "buffer",
         "buffer_bytes", "seen_ids", "bucket", "strikes",
         "join_bucket", "detached_at", "detach_reason", "claims", "node",
-        "ended", "user_fixed", "created_at", "__weakref__",
+        "state", "user_fixed", "created_at", "__weakref__",
     )
 
     def __init__(self, session_id: str, sink: Sink | None, now: float) -> None:
@@ -50,7 +85,11 @@ class Session:
         self.user_fixed = False
         self.display_name: str | None = None
         self.rooms: dict[str, None] = {}
+        #: The transport feeding the session; set only through :meth:`attach`,
+        #: :meth:`detach` and :meth:`end`, so it is not None exactly when ATTACHED.
+        #: A plain slot, not a property: :meth:`Hub.send` reads it per message.
         self.sink = sink
+        self.state = State.ATTACHED if sink is not None else State.DETACHED
         self.seq = 0
         #: (seq, encoded JSON body) of every message sent, oldest first, bounded.
         self.buffer: deque[tuple[int, bytes]] = deque()
@@ -59,16 +98,48 @@ class Session:
         self.bucket: TokenBucket | None = None
         self.join_bucket: TokenBucket | None = None
         self.strikes = 0
-        self.detached_at: float | None = None
+        #: When the session became DETACHED (its grace period runs from here).
+        self.detached_at: float | None = None if sink is not None else now
         self.detach_reason = "disconnected"
         self.claims: dict[str, Any] | None = None
         self.node: str | None = None
-        self.ended = False
         self.created_at = now
+
+    # ------------------------------------------------------------------ states
+    def _move(self, to: State) -> None:
+        if to not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self!r}: {self.state.name} -> {to.name}")
+        self.state = to
+
+    def attach(self, sink: Sink) -> Sink | None:
+        """A transport feeds the session now (open, resume, take-over); returns the previous one."""
+        self._move(State.ATTACHED)
+        previous = self.sink
+        self.sink = sink
+        self.detached_at = None
+        return previous
+
+    def detach(self, now: float, reason: str) -> None:
+        """The transport is gone; the grace period starts at ``now``."""
+        self._move(State.DETACHED)
+        self.sink = None
+        self.detached_at = now
+        self.detach_reason = reason
+
+    def end(self) -> Sink | None:
+        """Over for good; returns the transport it still had, if any."""
+        self._move(State.ENDED)
+        sink = self.sink
+        self.sink = None
+        return sink
+
+    @property
+    def ended(self) -> bool:
+        return self.state is State.ENDED
 
     @property
     def connected(self) -> bool:
-        return self.sink is not None
+        return self.state is State.ATTACHED
 
     def first_buffered_seq(self) -> int:
         return self.buffer[0][0] if self.buffer else self.seq + 1

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 
 def http_base(url: str) -> str:
-    """``ws://h:p/ws`` or ``http://h:p/anything`` -> ``http://h:p`` (the server's HTTP root)."""
-    parts = urlsplit(url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, "", "", ""))
+    """The server's HTTP base: ``ws://h:p/ws`` -> ``http://h:p``; a mount prefix
+    stays (``ws://h:p/rtc/ws`` or ``http://h:p/rtc`` -> ``http://h:p/rtc``)."""
+    from rtchub.client.transports import base_url
+
+    return base_url(url)
 
 
 async def fetch_ice_servers(base_url: str, token: str | None = None, user_id: str | None = None,

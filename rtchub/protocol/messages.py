@@ -12,6 +12,7 @@ import re
 from collections.abc import Container
 from typing import Any
 
+from rtchub.protocol import constants
 from rtchub.protocol.errors import ErrorCode, ProtocolError
 
 #: roomId / userId: 1-64 characters that are safe in URLs, log lines, Redis keys
@@ -24,10 +25,9 @@ MAX_MSG_ID_LEN = 64
 #: (JavaScript included) represents exactly.
 MAX_SAFE_INT = 2**53 - 1
 
-RELAY_TYPES = frozenset({"offer", "answer", "candidate", "signal"})
-CLIENT_TYPES = frozenset(
-    {"join", "leave", "message", "ping", "auth", "resume"} | RELAY_TYPES
-)
+#: As sets, for the checks of the hot path; the names live in rtchub.protocol.constants.
+RELAY_TYPES = frozenset(constants.RELAY_TYPES)
+CLIENT_TYPES = frozenset(constants.CLIENT_TYPES)
 
 _match_id = ID_PATTERN.fullmatch
 

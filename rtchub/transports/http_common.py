@@ -4,12 +4,21 @@ SSE and polling sessions are ordinary core sessions (:mod:`rtchub.core.hub`):
 only the downstream differs (an event stream, or answers to polls), while the
 upstream is the same for both - ``POST /send?session=ID`` with one message or
 an array, each handed to :meth:`Hub.receive` exactly as a WebSocket frame would
-be. Works for a WebSocket session's id too; the session id is the credential
-(96 random bits, never in a URL the server logs).
+be. Works for a WebSocket session's id too.
 
-``register(app)`` adds the routes and one :class:`HttpTransports` service that
-sweeps every open stream and poller once a second (one timer for all of them,
-as :mod:`rtchub.transports.liveness` does for WebSocket).
+A session id is never the only credential (PROTOCOL.md "SSE and
+long-polling"). With auth on, every request proves the session's identity
+with a token (``Authorization: Bearer``, or ``?token=`` where a header cannot
+be set), checked by the same :meth:`Hub.identity_refusal` that decides a
+resume: missing or expired -> 401, someone else's -> 403. In open mode the
+SDKs send the id in the :data:`SESSION_HEADER` header rather than the URL
+(``?session=`` stays accepted for other clients), so proxies that log URLs do
+not log it; rtchub itself keeps no access log.
+
+:func:`rtchub.transports.http_routes.register` adds the routes and one
+:class:`HttpTransports` service that sweeps every open stream and poller once
+a second (one timer for all of them, as :mod:`rtchub.transports.liveness`
+does for WebSocket).
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from rtchub.auth.gate import Admission
+from rtchub.auth.gate import CORS_ALLOW_HEADERS, Admission
+from rtchub.core.resume import GONE, Identity, ResumeVerdict
+from rtchub.protocol.constants import SESSION_HEADER
 from rtchub.protocol.errors import CloseCode, ErrorCode
 from rtchub.timers import Periodic
 
@@ -37,8 +48,9 @@ log = logging.getLogger("rtchub.http")
 
 #: Headers a browser may send cross-origin on these routes (Fetch standard,
 #: CORS protocol): ``Last-Event-ID`` for SSE resume, ``Content-Type`` for a
-#: JSON body, ``Authorization`` for tokens kept out of URLs.
-ALLOW_HEADERS = "Content-Type, Last-Event-ID, Authorization"
+#: JSON body, ``Authorization`` for tokens and ``X-RtcHub-Session`` for the
+#: session id, both kept out of URLs.
+ALLOW_HEADERS = CORS_ALLOW_HEADERS
 ALLOW_METHODS = "GET, POST, OPTIONS"
 #: Seconds a browser may cache a preflight answer.
 PREFLIGHT_MAX_AGE = "600"
@@ -127,12 +139,46 @@ def refused(request: web.Request, verdict: Admission) -> web.Response:
     return response
 
 
-def find_session(request: web.Request) -> Session | None:
-    sid = request.query.get("session", "")
-    session = rtchub_of(request).hub.sessions.get(sid) if sid else None
+def session_id_of(request: web.Request) -> str:
+    """The session a request is for: the :data:`SESSION_HEADER` header, else ``?session=``."""
+    return request.headers.get(SESSION_HEADER) or request.query.get("session", "")
+
+
+def identify(request: web.Request) -> tuple[Identity | None, web.Response | None]:
+    """The identity this request's token proves (None in open mode), or the 401 to answer."""
+    verdict = rtchub_of(request).gatekeeper.identify(headers=request.headers, query=request.query)
+    if not verdict.ok:
+        return None, refused(request, verdict)
+    return verdict.identity, None
+
+
+def verdict_response(request: web.Request, verdict: ResumeVerdict) -> web.Response:
+    """A refused :class:`ResumeVerdict` as a 401 / 403 / 404 with the ``error`` body."""
+    assert verdict.code is not None
+    if verdict.message == GONE:
+        return session_expired(request)  # the HTTP wording: open a new session
+    response = error_response(request, verdict.http_status, verdict.code, verdict.message)
+    if verdict.http_status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="rtchub", error="invalid_token"'
+    return response
+
+
+def find_session(request: web.Request, identity: Identity | None
+                 ) -> tuple[Session | None, web.Response | None]:
+    """The live local session of this request, after :meth:`Hub.identity_refusal`.
+
+    ``(None, None)`` when no live session of that id is here (another node
+    may hold it); ``(None, 403)`` when the request may not act for it.
+    """
+    sid = session_id_of(request)
+    hub = rtchub_of(request).hub
+    session = hub.sessions.get(sid) if sid else None
     if session is None or session.ended:
-        return None
-    return session
+        return None, None
+    refusal = hub.identity_refusal(session, identity)
+    if refusal is not None:
+        return None, error_response(request, 403, ErrorCode.FORBIDDEN, refusal)
+    return session, None
 
 
 async def read_body(request: web.Request) -> tuple[Any, web.Response | None]:
@@ -171,9 +217,15 @@ async def send(request: web.Request) -> web.Response:
     if origin_refused(request):
         return error_response(request, 403, ErrorCode.FORBIDDEN, "origin not allowed")
     app = rtchub_of(request)
-    session = find_session(request)
+    identity, problem = identify(request)
+    if problem is not None:
+        return problem
+    session, problem = find_session(request, identity)
+    if problem is not None:
+        return problem
+    sid = session_id_of(request)
     cluster = app.cluster
-    if session is None and (cluster is None or not request.query.get("session")):
+    if session is None and (cluster is None or not sid):
         return session_expired(request)
     body, problem = await read_body(request)
     if problem is not None:
@@ -189,9 +241,13 @@ async def send(request: web.Request) -> web.Response:
         # Another node holds the session (no sticky sessions needed): it
         # receives the messages, in order, and answers before we do.
         assert cluster is not None
-        forwarded = await cluster.forward_receive(request.query["session"], msgs)
+        forwarded = await cluster.forward_receive(
+            sid, msgs, identity.user_id if identity is not None else None)
         if forwarded is None:
             return session_expired(request)
+        if forwarded < 0:
+            return error_response(request, 403, ErrorCode.FORBIDDEN,
+                                  "that session belongs to another user")
         return json_response(request, orjson.dumps({"accepted": forwarded}), status=202)
     accepted = receive_all(app.hub, session, msgs)
     return json_response(request, orjson.dumps({"accepted": accepted}), status=202)
@@ -200,17 +256,13 @@ async def send(request: web.Request) -> web.Response:
 def receive_all(hub: Hub, session: Session, msgs: list[Any]) -> int:
     """Hand ``msgs`` to ``session`` in order; how many were accepted.
 
-    Also what a cluster node runs for a ``POST /send`` that reached another node.
+    A ``resume`` from a transport that resumes another way (polling) is
+    refused by the hub itself (:attr:`Sink.resume_hint`).
     """
-    from rtchub.transports.poll import PollSink, refuse_resume
-
     accepted = 0
     for msg in msgs:
         if session.ended:
             break
-        if isinstance(session.sink, PollSink) and refuse_resume(hub, session, msg):
-            accepted += 1
-            continue
         hub.receive(session, msg)
         accepted += 1
     return accepted
@@ -226,12 +278,23 @@ async def close(request: web.Request) -> web.Response:
     """
     if origin_refused(request):
         return error_response(request, 403, ErrorCode.FORBIDDEN, "origin not allowed")
-    session = find_session(request)
+    identity, problem = identify(request)
+    if problem is not None:
+        return problem
+    session, problem = find_session(request, identity)
+    if problem is not None:
+        return problem
     app = rtchub_of(request)
     if session is None:
-        sid = request.query.get("session")
+        sid = session_id_of(request)
         # Another node holds the session: it closes it there.
-        if app.cluster is not None and sid and await app.cluster.forward_close(sid):
+        closed = await app.cluster.forward_close(
+            sid, identity.user_id if identity is not None else None
+        ) if app.cluster is not None and sid else None
+        if closed is not None and closed < 0:
+            return error_response(request, 403, ErrorCode.FORBIDDEN,
+                                  "that session belongs to another user")
+        if closed:
             return json_response(request, b'{"closed":true}')
         return session_expired(request)
     close_session(app.hub, session)
@@ -305,30 +368,6 @@ class HttpTransports:
                 self.pollers.discard(poller)
                 poller.session = None
                 hub.detach(session, clean=False, reason="timeout")
-
-
-def register(app: RtcHub) -> HttpTransports:
-    """Add ``/sse``, ``/poll/open``, ``/poll``, ``/send``, ``/close`` and their preflights."""
-    from rtchub.transports import poll, sse
-
-    registry = HttpTransports(app)
-    app.http[SERVER_KEY] = app
-    app.http[REGISTRY_KEY] = registry
-    app.services.append(registry)
-    cluster = getattr(app, "cluster", None)
-    if cluster is not None:
-        hub = app.hub
-        cluster.receive_batch = lambda session, msgs: receive_all(hub, session, msgs)
-        cluster.close_session = lambda session: close_session(hub, session)
-    r = app.http.router
-    r.add_get("/sse", sse.handle, allow_head=False)
-    r.add_post("/poll/open", poll.open_session)
-    r.add_get("/poll", poll.handle, allow_head=False)
-    r.add_post("/send", send)
-    r.add_post("/close", close)
-    for path in ("/sse", "/poll/open", "/poll", "/send", "/close"):
-        r.add_route("OPTIONS", path, preflight)
-    return registry
 
 
 def registry_of(request: web.Request) -> HttpTransports:

@@ -8,7 +8,14 @@ the first one; ``timeout=0`` is short polling. ``after`` acknowledges
 everything up to it, so a poll whose answer was lost is simply repeated with
 the same ``after``: resume needs nothing else. A poll for a session that no
 poller holds (grace period, or another transport) takes it over exactly like
-``resume`` (replay, then ``resumed``; the older transport is closed with 4009).
+``resume`` (replay, then ``resumed``; the older transport is closed with 4009),
+after the same :meth:`Hub.resume_decision`; with auth on, every poll carries
+the token and proves the session's identity.
+
+When the hub closes a poller (token expired, abuse, shutdown), the session is
+detached at once, as a WebSocket's would be when its connection closes: the
+next poll answers the ``close``, and a later one is a resume, which an
+expired token cannot make (401), so the session ends after its grace period.
 
 :class:`PollSink` holds no messages and no connection: ``deliver`` only wakes
 the poll that is waiting, if any. Only one poll waits per session; a newer
@@ -26,19 +33,19 @@ import orjson
 from aiohttp import web
 
 from rtchub.core.outgoing import Outgoing
-from rtchub.protocol import messages as m
 from rtchub.protocol.codec import json_frame
-from rtchub.protocol.errors import ErrorCode, ProtocolError
+from rtchub.protocol.errors import ErrorCode
 from rtchub.transports.http_common import (
     admit,
     error_response,
-    find_session,
+    identify,
     json_response,
     origin_refused,
     refused,
     registry_of,
     rtchub_of,
-    session_expired,
+    session_id_of,
+    verdict_response,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +61,10 @@ class PollSink:
 
     __slots__ = ("session", "transport_name", "hub", "waiter", "waiter_request", "last_poll",
                  "closed_with", "welcome", "peer")
+    #: Over polling, resume is the poll itself: a ``resume`` message would move
+    #: the poller onto another session under the id it keeps polling with.
+    resume_hint: str | None = (
+        "over polling, resume by polling the old session: GET /poll?session=OLD&after=LASTSEQ")
 
     def __init__(self, hub: Hub, now: float, peer: str = "") -> None:
         self.session: Session | None = None
@@ -76,6 +87,12 @@ class PollSink:
     def close(self, code: int, reason: str) -> None:
         if self.closed_with is None:
             self.closed_with = {"type": "close", "code": int(code), "reason": reason}
+        session = self.session
+        if session is not None and session.sink is self:
+            # No connection to drop: the close itself ends the transport, so the
+            # session waits out its grace period now (unclean, as for WebSocket),
+            # and only a resume - with a valid token when auth is on - brings it back.
+            self.hub.detach(session, clean=False)
         self._wake(_CLOSED)
 
     def _wake(self, why: str) -> None:
@@ -145,29 +162,32 @@ async def handle(request: web.Request) -> web.Response:
     if after < 0 or not math.isfinite(timeout):
         return _bad(request, "after must be >= 0 and timeout finite")
     timeout = min(max(timeout, 0.0), app.settings.poll_timeout_max)
-    session = find_session(request)
-    sid = q.get("session", "")
-    if session is None and sid and app.cluster is not None and sid not in hub.sessions:
+    identity, problem = identify(request)
+    if problem is not None:
+        return problem
+    sid = session_id_of(request)
+    refusal = None
+    if sid and app.cluster is not None and sid not in hub.sessions:
         # Held by another node: take it over; the poll below is then a resume.
-        session = await app.cluster.take_over(sid, after)
-    if session is None:
-        return session_expired(request)
+        refusal = await app.cluster.take_over(sid, after, identity)
+    # Every poll asks: the identity must be the session's, and every message
+    # after ``after`` must still be buffered (never a silent gap).
+    verdict = refusal or hub.resume_decision(sid, after, identity)
+    if not verdict.ok:
+        return verdict_response(request, verdict)
+    session = verdict.session
+    assert session is not None
     loop = asyncio.get_running_loop()
     sink = session.sink
     if not isinstance(sink, PollSink) or sink.closed_with is not None:
         # Nobody polls this session (grace period) or another transport holds
         # it: this poll is a resume (PROTOCOL.md "Sessions, heartbeat, resume").
-        if not hub.can_replay(session, after):
-            return session_expired(request, "missed messages are no longer buffered; join again")
         if registry.stopping:
             return error_response(request, 503, ErrorCode.INTERNAL, "server shutting down")
         sink = PollSink(hub, loop.time(),
                         app.gatekeeper.client_address(request.remote or "", request.headers))
         registry.pollers.add(sink)
-        hub.attach(session, sink, after)
-    elif after > session.seq or after < session.first_buffered_seq() - 1:
-        # The buffer no longer holds everything after ``after``: never a silent gap.
-        return session_expired(request, "missed messages are no longer buffered; join again")
+        hub.resume(verdict, sink, identity)
     if sink.waiter is not None:
         sink._wake(_SUPERSEDED)  # noqa: SLF001 - one reader per session, the newest wins
     sink.last_poll = loop.time()
@@ -196,23 +216,3 @@ async def handle(request: web.Request) -> web.Response:
 def _resolve(fut: asyncio.Future[str]) -> None:
     if not fut.done():
         fut.set_result(_TIMEOUT)
-
-
-def refuse_resume(hub: Hub, session: Session, msg: Any) -> bool:
-    """A ``resume`` message from a polling session is answered with an error.
-
-    Over polling, resume is the poll itself (``GET /poll?session=OLD&after=
-    LASTSEQ``); a ``resume`` message would move the poller onto another
-    session under the id it keeps polling with.
-    """
-    if not isinstance(msg, dict) or msg.get("type") != "resume":
-        return False
-    try:
-        msg_id = m.message_id(msg)
-    except ProtocolError:
-        msg_id = None
-    hub.error(session, ProtocolError(
-        ErrorCode.INVALID_MESSAGE,
-        "over polling, resume by polling the old session: GET /poll?session=OLD&after=LASTSEQ",
-        msg_id))
-    return True

@@ -32,6 +32,7 @@ from rtchub.transports.http_common import (
     refused,
     registry_of,
     rtchub_of,
+    verdict_response,
 )
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class SseStream:
 
     __slots__ = ("session", "transport_name", "hub", "request", "response", "chunks", "pending",
                  "waiter", "closing", "dead", "close_code", "max_pending", "peer")
+    #: A ``resume`` sent through ``POST /send`` moves the stream onto the old session.
+    resume_hint: str | None = None
 
     def __init__(self, hub: Hub, request: web.Request, response: web.StreamResponse,
                  peer: str = "") -> None:
@@ -185,7 +188,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     would stop reconnecting for good - but answered on the stream: first an
     ``error`` event ``session-expired`` (no ``id``), then a fresh session's
     ``welcome``. The client joins its rooms again, as after a WebSocket
-    resume that failed.
+    resume that failed. A resume that the identity forbids (with auth on, the
+    token's ``sub`` is not the session's) is refused before the stream: 403.
+    The verdict is :meth:`Hub.resume_decision`'s, as for every transport.
     """
     app = rtchub_of(request)
     hub = app.hub
@@ -197,16 +202,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return refused(request, verdict)
     raw_last = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or ""
     last = _parse_last_event_id(raw_last) if raw_last else None
+    identity = verdict.identity
     if last is not None:
-        old = hub.sessions.get(last[0])
-        if old is None and app.cluster is not None:
+        refusal = None
+        if last[0] not in hub.sessions and app.cluster is not None:
             # Held by another node, or only mirrored after its node died: take
             # it over (no sticky sessions needed), then resume it here as usual.
-            old = await app.cluster.take_over(last[0], last[1])
-        if (old is not None and verdict.user_id is not None and old.user_id is not None
-                and old.user_id != verdict.user_id):
-            return error_response(request, 403, ErrorCode.FORBIDDEN,
-                                  "that session belongs to another user")
+            refusal = await app.cluster.take_over(last[0], last[1], identity)
+        decision = refusal or hub.resume_decision(last[0], last[1], identity)
+        if decision.code in (ErrorCode.FORBIDDEN, ErrorCode.UNAUTHORIZED):
+            return verdict_response(request, decision)
     headers = {
         "Cache-Control": "no-store",
         # nginx: do not buffer this response (a buffered event stream
@@ -221,10 +226,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     registry.streams.add(stream)
     try:
         stream.raw(b"retry: %d\n\n" % RETRY_MS)
-        session = hub.sessions.get(last[0]) if last is not None else None
-        if last is not None and session is not None and not session.ended \
-                and hub.can_replay(session, last[1]):
-            hub.attach(session, stream, last[1])
+        # Asked again: the session may have changed while the headers went out.
+        decision = hub.resume_decision(last[0], last[1], identity) if last is not None else None
+        if decision is not None and decision.ok:
+            hub.resume(decision, stream, identity)
         else:
             if raw_last:
                 stream.raw(b"event: error\ndata: %s\n\n" % orjson.dumps({

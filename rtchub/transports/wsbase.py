@@ -44,6 +44,8 @@ class WsEndpoint:
     # The slots live in the concrete classes: picows' WSListener is a C type,
     # and two bases may not both bring an instance layout.
     __slots__ = ()
+    #: A ``resume`` message moves a WebSocket onto the old session (Sink protocol).
+    resume_hint: str | None = None
 
     def __init__(self, hub: Hub, liveness: Liveness, codec: str, peer: str,
                  claims: dict[str, Any] | None = None, user_id: str | None = None,

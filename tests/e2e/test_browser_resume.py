@@ -105,3 +105,38 @@ async def test_http_transport_drop_resumes_call(make_e2e_server: Any, open_page:
     await check_resumed_call(open_page, app, a, b, "http-" + transport, session_before)
     assert (await a.evaluate("T.hub.transport")) == transport
     open_page.check()
+
+
+async def test_after_session_expired_stale_signaling_is_dropped_and_chat_resent(
+        make_e2e_server: Any, open_page: Any) -> None:
+    """The browser half of the SDK behaviour the Python SDK shares
+    (tests/test_protocol_constants.py): after ``session-expired``, signaling
+    sent before the rejoin fails with ``session-expired`` and never reaches
+    the peer; chat is sent again in the new session."""
+    from tests.e2e.test_browser_transports import gate_websocket
+
+    app = await make_e2e_server(grace_period=0)  # a dropped session ends at once
+    page = await open_page(app.url + "/t/s", name="s")
+    peer = await open_page(app.url + "/t/p", name="p")
+    await peer.evaluate("T.connect({}).then(() => T.hub.join('stale', {userId: 'pia'}))")
+    blocked = await gate_websocket(page)
+    blocked["on"] = False
+    open_page.allow_network_errors = True
+    await page.evaluate(
+        "T.connect({transport: 'websocket'}).then(() => T.hub.join('stale', {userId: 'sam'}))")
+    blocked["on"] = True
+    abort_connection_of(app, "sam")
+    await page.wait_for_function("T.states.some((s) => s.state === 'reconnecting')")
+    await page.evaluate("""() => {
+        T.outcome = {};
+        T.hub.send({type: 'offer', roomId: 'stale', to: 'pia', sdp: 'v=0 stale'})
+          .then(() => { T.outcome.offer = 'acked'; }, (e) => { T.outcome.offer = e.code; });
+        T.hub.send({type: 'message', roomId: 'stale', data: {text: 'chat'}})
+          .then(() => { T.outcome.chat = 'acked'; }, (e) => { T.outcome.chat = e.code; });
+    }""")
+    blocked["on"] = False
+    await page.wait_for_function("T.outcome.offer && T.outcome.chat", timeout=20_000)
+    assert await page.evaluate("T.outcome") == {"offer": "session-expired", "chat": "acked"}
+    assert "rejoined" in await page.evaluate("T.states.map((s) => s.state)")
+    await peer.wait_for_function("T.messages.some((m) => m.from === 'sam' && m.data.text === 'chat')")
+    assert "offer" not in await peer.evaluate("T.types")

@@ -199,3 +199,41 @@ async def test_probe_up_from_polling_under_traffic_loses_nothing(make_e2e_server
     assert "rejoined" not in states and "closed" not in states, states
     assert session_transports(app)["prober"] == "websocket"
     assert await other.evaluate("T.userLeft.length") == 0
+
+
+@pytest.mark.parametrize("transport", ["sse", "polling"])
+async def test_tokens_in_headers_and_token_expiring_over_http(make_e2e_server: Any, open_page: Any,
+                                                              transport: str) -> None:
+    """With auth on, the SDK proves its identity on every HTTP request (token and
+    session id in headers), hears ``token-expiring`` on SSE and polling alike
+    (SSE listeners come from the generated protocol.js: the type was missing),
+    and ``refreshToken`` keeps the session past the first token's expiry."""
+    from rtchub.auth.tokens import mint
+
+    secret = "test-secret-0123456789-0123456789-abcdef"
+    app = await make_e2e_server(auth="jwt", jwt_secret=secret)
+    page = await open_page(app.url + "/t/x", name="x")
+    other = await open_page(app.url + "/t/y", name="y")
+    short = mint(sub="walt", key=secret, ttl=4)
+    info = await page.evaluate("(o) => T.connect(o)", {"transport": transport, "token": short})
+    assert info["transport"] == transport
+    await other.evaluate("(t) => T.connect({token: t}).then(() => T.hub.join('auth-room'))",
+                         mint(sub="olga", key=secret, ttl=600))
+    await page.evaluate("T.hub.join('auth-room')")
+    await page.evaluate("T.hub.send({type: 'message', roomId: 'auth-room', data: {text: 'hi'}})")
+    await other.wait_for_function("T.messages.some((m) => m.from === 'walt' && m.data.text === 'hi')")
+    assert session_transports(app)["walt"] == transport
+    await page.wait_for_function("T.types.includes('token-expiring')", timeout=10_000)
+    # The answer to the warning: a fresh token, used for every request from then on.
+    ack = await page.evaluate("(t) => T.hub.refreshToken(t)", mint(sub="walt", key=secret, ttl=600))
+    assert ack["type"] == "ack"
+    refused = await page.evaluate("(t) => T.hub.refreshToken(t).then(() => 'ok', (e) => e.code)",
+                                  mint(sub="mallory", key=secret, ttl=600))
+    assert refused == "forbidden"
+    await asyncio.sleep(3)  # past the first token's expiry
+    await page.evaluate("T.hub.send({type: 'message', roomId: 'auth-room', data: {text: 'later'}})")
+    await other.wait_for_function("T.messages.some((m) => m.from === 'walt' && m.data.text === 'later')")
+    states = await page.evaluate("T.states.map((s) => s.state)")
+    assert "closed" not in states and "reconnecting" not in states, await page.evaluate(
+        "JSON.stringify([T.states, T.types, T.errors])")
+    open_page.check()

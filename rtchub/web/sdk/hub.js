@@ -13,6 +13,7 @@
 // reconnect, which is what keeps a WebRTC negotiation alive through it.
 
 import { Emitter } from './emitter.js';
+import { CLOSE_CODES, RELAY_TYPES } from './protocol.js';
 import { TRANSPORTS } from './transports.js';
 
 export class RtcHubError extends Error {
@@ -27,9 +28,13 @@ export class RtcHubError extends Error {
 const LADDER = ['websocket', 'sse', 'polling'];
 const ONLINE = new Set(['connected', 'resumed', 'rejoined']);
 const UNTRACKED = new Set(['ping', 'resume', 'auth']);
-const RELAY = new Set(['offer', 'answer', 'candidate', 'signal']);
+const RELAY = new Set(RELAY_TYPES);
 /** Close codes after which reconnecting would be wrong (PROTOCOL.md "Close codes"). */
-const FINAL_CLOSE = { 4001: 'unauthorized', 4003: 'forbidden', 4009: 'taken-over' };
+const FINAL_CLOSE = {
+  [CLOSE_CODES.UNAUTHORIZED]: 'unauthorized',
+  [CLOSE_CODES.FORBIDDEN]: 'forbidden',
+  [CLOSE_CODES.TAKEN_OVER]: 'taken-over',
+};
 
 function randomId(prefix, bytes = 5) {
   const a = new Uint8Array(bytes);
@@ -190,6 +195,24 @@ export class RtcHub extends Emitter {
       if (this._writable) this._write(msg);
       return Promise.resolve(null);
     }
+    return this._tracked(msg);
+  }
+
+  /**
+   * Replace the token before it expires (the answer to `token-expiring`).
+   * Sends an `auth` message under the current token and, once the server
+   * acked it, uses the new one from then on: on every SSE/polling request
+   * (which prove the identity per request) and for reconnects. Rejects with
+   * RtcHubError `forbidden` for another user's token; the current one stays.
+   */
+  async refreshToken(token) {
+    const ack = await this._tracked({ type: 'auth', token });
+    this.token = token;
+    if (this._t) this._t.token = token;
+    return ack;
+  }
+
+  _tracked(msg) {
     const out = { ...msg };
     if (out.id === undefined || out.id === null) out.id = this._idPrefix + this._nextId++;
     let entry;
@@ -491,9 +514,17 @@ export class RtcHub extends Emitter {
     this.lastSeq = typeof err.seq === 'number' ? err.seq : 0;
     // A new session: the rooms must be joined again. Un-acked chat is sent
     // again (it may be lost otherwise); un-acked signaling is dropped, it
-    // belonged to peer connections that calls rebuild after `rejoined`.
+    // belonged to peer connections that calls rebuild after `rejoined`. That
+    // holds for signaling queued while offline too (written to no session
+    // yet, but made for the old peer connections). The Python SDK does the
+    // same (rtchub/client/client.py, tests/test_protocol_constants.py).
     const again = [];
     const expired = new RtcHubError('session-expired', err.message || 'session expired');
+    this._queue = this._queue.filter((e) => {
+      if (!RELAY.has(e.msg.type)) return true;
+      e.reject(expired);
+      return false;
+    });
     for (const e of this._unacked.values()) {
       const type = e.msg.type;
       if (RELAY.has(type)) e.reject(expired);

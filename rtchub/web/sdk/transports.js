@@ -5,14 +5,11 @@
 // itself - RtcHub owns reconnects, resume and fallback so that every
 // transport behaves the same. After our own close() no callback fires.
 
-/** Server message types, registered as named SSE events (`event: <type>`). */
-export const SERVER_TYPES = [
-  'welcome', 'room-info', 'user-joined', 'user-left', 'offer', 'answer', 'candidate',
-  'signal', 'message', 'pong', 'ack', 'error', 'resumed', 'close',
-  // SFU rooms (docs/protocol.md "SFU media")
-  'publish-answer', 'subscribe-offer', 'media-candidate', 'tracks', 'tracks-published',
-  'tracks-unpublished', 'track-muted', 'media-reset',
-];
+import { SERVER_TYPES, SESSION_HEADER } from './protocol.js';
+
+/** Server message types, registered as named SSE events (`event: <type>`):
+ * generated from the server's own list (rtchub/protocol/constants.py). */
+export { SERVER_TYPES };
 
 const CLOSE_ABNORMAL = 1006;
 
@@ -158,7 +155,7 @@ export class WebSocketTransport extends BaseTransport {
 // ------------------------------------------------ upstream for SSE / polling
 
 /**
- * POST /send?session=ID, one request at a time so the server sees messages in
+ * POST /send (session in the X-RtcHub-Session header), one request at a time so the server sees messages in
  * the order they were written; whatever piles up meanwhile goes as one array.
  */
 class HttpUpstream {
@@ -182,9 +179,9 @@ class HttpUpstream {
         const batch = this.pending.splice(0, this.pending.length);
         let resp;
         try {
-          resp = await fetch(endpoint(t.base, '/send', { session: t.sessionId }), {
+          resp = await fetch(endpoint(t.base, '/send'), {
             method: 'POST',
-            headers: t.headers({ 'Content-Type': 'application/json' }),
+            headers: t.headers({ 'Content-Type': 'application/json' }, t.sessionId),
             body: JSON.stringify(batch.length === 1 ? batch[0] : batch),
             cache: 'no-store',
           });
@@ -220,9 +217,13 @@ class HttpTransport extends BaseTransport {
     this.up = new HttpUpstream(this);
   }
 
-  headers(extra = {}) {
+  /** Credentials go in headers, never in the URL (PROTOCOL.md "SSE and
+   * long-polling"): the token as a Bearer token, the session id as
+   * X-RtcHub-Session. Only EventSource, which cannot set headers, uses ?token=. */
+  headers(extra = {}, sessionId = null) {
     const h = { ...extra };
     if (this.token) h.Authorization = `Bearer ${this.token}`;
+    if (sessionId) h[SESSION_HEADER] = sessionId;
     return h;
   }
 
@@ -236,8 +237,8 @@ class HttpTransport extends BaseTransport {
   close(code = 1000, reason = '') {
     const sessionId = this.sessionId;
     if (!this.closed && code === 1000 && sessionId) {
-      fetch(endpoint(this.base, '/close', { session: sessionId }), {
-        method: 'POST', headers: this.headers(), keepalive: true, cache: 'no-store',
+      fetch(endpoint(this.base, '/close'), {
+        method: 'POST', headers: this.headers({}, sessionId), keepalive: true, cache: 'no-store',
       }).catch(() => {});
     }
     super.close(code, reason);
@@ -284,8 +285,13 @@ export class SseTransport extends HttpTransport {
     }
     // The browser would reconnect by itself with Last-Event-ID; RtcHub does
     // it instead (with backoff, fallback and an explicit resume), so any
-    // error ends this transport.
-    es.onerror = () => this._ended(CLOSE_ABNORMAL, 'event stream failed');
+    // connection error ends this transport. A server `error` message arrives
+    // as an event named "error" too, which also calls onerror: it is a
+    // MessageEvent with data, handled above, and must not end the stream.
+    es.onerror = (ev) => {
+      if (typeof ev.data === 'string') return;
+      this._ended(CLOSE_ABNORMAL, 'event stream failed');
+    };
   }
 
   _teardown() {
@@ -348,7 +354,7 @@ export class PollingTransport extends HttpTransport {
   async _openFresh() {
     let resp;
     try {
-      resp = await fetch(endpoint(this.base, '/poll/open', { token: this.token }), {
+      resp = await fetch(endpoint(this.base, '/poll/open'), {
         method: 'POST', headers: this.headers(), cache: 'no-store', signal: this.abort.signal,
       });
     } catch (err) {
@@ -395,12 +401,12 @@ export class PollingTransport extends HttpTransport {
   async _polls(resuming) {
     while (!this.closed && !this.draining) {
       // The resuming poll must not hang for a long-poll's length.
-      const params = { session: this.sessionId, timeout: resuming ? 0 : this.timeout };
+      const params = { timeout: resuming ? 0 : this.timeout };
       if (this.after >= 0) params.after = this.after;
       let resp;
       try {
         resp = await fetch(endpoint(this.base, '/poll', params), {
-          headers: this.headers(), cache: 'no-store', signal: this.abort.signal,
+          headers: this.headers({}, this.sessionId), cache: 'no-store', signal: this.abort.signal,
         });
       } catch (err) {
         this._ended(CLOSE_ABNORMAL, `poll failed: ${err}`);
