@@ -116,8 +116,13 @@ async def test_record_three_then_a_fourth_per_participant_files_and_composed_gri
         assert status == 409 and body["error"]["code"] == "already-recording"
 
         await asyncio.sleep(max(0.0, started + 5 - time.monotonic()))
+        # The fourth joins at ~5 s. Its media reaches the SFU when Janus reports its
+        # connection up, which the room hears as tracks-published: that is "joined".
+        arrived = asyncio.get_running_loop().create_future()
+        publishers[0].client.on("tracks-published", lambda m: m["userId"] == "yellow"
+                                and not arrived.done() and arrived.set_result(time.monotonic()))
         late = await publisher(app, "yellow", "rec", "yellow", None, publishers)
-        late_joined = time.monotonic() - started
+        late_joined = await asyncio.wait_for(arrived, 20) - started
         late_notice = await late.client.recv_type("recording", timeout=5)
         assert late_notice["active"] is True  # a newcomer is told at once
         await asyncio.sleep(max(0.0, started + 10 - time.monotonic()))
