@@ -24,6 +24,10 @@ from rtchub.auth.gate import Admission, Gatekeeper, host_middleware
 from rtchub.auth.limits import budget_problems
 from rtchub.broker.cluster import Cluster, make_cluster
 from rtchub.core.hub import Hub
+from rtchub.media import hls
+from rtchub.media.audiomix import AudioMix
+from rtchub.media.service import MediaService
+from rtchub.media.whip import WhipEndpoint
 from rtchub.memory import HeapReturner
 from rtchub.metrics import Metrics
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
@@ -88,6 +92,12 @@ class RtcHub:
             self.ready_checks.append(("broker", lambda: cluster.ready))
         #: The SFU (rtchub.sfu): media modes, publish/subscribe through Janus.
         self.sfu = sfu.setup(self)
+        #: Audio-mix rooms (rtchub.media.audiomix): Janus AudioBridge.
+        self.audiomix = AudioMix(self)
+        self.services.append(self.audiomix)
+        #: Recordings and broadcasts (rtchub.media): the API and /live use it.
+        self.media = MediaService(self)
+        self.services.append(self.media)
         # The server API's parts, built here and hooked in by rtchub.api.setup.
         self.metrics = Metrics(self)
         self.webhooks = WebhookSender(self)
@@ -108,6 +118,13 @@ class RtcHub:
             r.add_get(path, self._aiohttp_ws)
         # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_routes).
         http_transports.register(self)
+        # /live/{roomId}/... (HLS broadcasts) and the /watch page (rtchub.media.hls).
+        hls.register(self)
+        r.add_get("/watch", self._watch)
+        # /whip/{roomId}: WHIP ingest into the room's SFU (rtchub.media.whip).
+        self.whip = WhipEndpoint(self)
+        self.whip.register(r)
+        self.services.append(self.whip)
         # The PeerJS server API under --peerjs-path (rtchub.peerjs).
         peerjs.setup(self)
         if (WEB_ROOT / "index.html").exists():
@@ -126,6 +143,9 @@ class RtcHub:
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_ROOT / "index.html")
+
+    async def _watch(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_ROOT / "watch.html")
 
     # -------------------------------------------------------------- WebSocket
     def admit(self, headers: Any, query: dict[str, str], peer: str, *,

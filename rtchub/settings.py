@@ -107,7 +107,7 @@ class Settings:
 
     # -- media: SFU (docs/sfu.md) ---------------------------------------------------
     media_mode: str = field(
-        default="mesh", metadata={"help": "media mode of new rooms: mesh (peer-to-peer) or sfu"}
+        default="mesh", metadata={"help": "media mode of new rooms: mesh (peer-to-peer), sfu or audio-mix"}
     )
     sfu: str = field(default="", metadata={"help": "'local' starts and supervises a Janus child"})
     sfu_url: list[str] = field(
@@ -185,6 +185,21 @@ class Settings:
     join_hook_url: str = field(default="", metadata={"help": "URL asked to allow each join"})
     join_hook_timeout: float = field(default=2.0, metadata={"help": "seconds to wait for the join hook"})
     join_hook_failure: str = field(default="deny", metadata={"help": "allow or deny when the hook fails"})
+
+    # -- recording and broadcast (docs/recording.md, docs/broadcast.md) --------------
+    recordings_dir: str = field(
+        default="", metadata={"help": "folder for recordings (empty = recording off)"}
+    )
+    recordings_retention_days: float = field(
+        default=0.0, metadata={"help": "days a finished recording is kept (0 = forever)"}
+    )
+    recordings_min_free_mb: int = field(
+        default=500, metadata={"help": "free MiB below which a recording stops and fails"}
+    )
+    media_jobs: int = field(default=1, metadata={"help": "post-processing jobs run at once"})
+    broadcast_dir: str = field(
+        default="", metadata={"help": "folder for HLS broadcasts, served at /live (empty = off)"}
+    )
 
     @property
     def rate_limited(self) -> bool:

@@ -47,7 +47,8 @@ class PublishRequest(ApiModel):
 class MediaModeRequest(ApiModel):
     """Declare the media mode of a room (before it is in use)."""
 
-    mode: Literal["mesh", "sfu"] = Field(description="mesh: peer-to-peer; sfu: through Janus")
+    mode: Literal["mesh", "sfu", "audio-mix"] = Field(
+        description="mesh: peer-to-peer; sfu: forwarded by Janus; audio-mix: mixed by Janus AudioBridge")
 
 
 class DisconnectRequest(ApiModel):
@@ -101,13 +102,13 @@ class RoomInfo(ApiModel):
     member_count: int = Field(ge=0)
     age_seconds: float = Field(ge=0)
     members: list[MemberInfo]
-    media: Literal["mesh", "sfu"] | None = Field(
+    media: Literal["mesh", "sfu", "audio-mix"] | None = Field(
         default=None, description="the room's media mode (null when not known on this node)")
 
 
 class MediaMode(ApiModel):
     room_id: str
-    mode: Literal["mesh", "sfu"]
+    mode: Literal["mesh", "sfu", "audio-mix"]
 
 
 class RoomMembers(ApiModel):
@@ -141,7 +142,11 @@ class Stats(ApiModel):
 
 class ErrorDetail(ApiModel):
     code: Literal["unauthorized", "not-found", "invalid-request", "api-disabled",
-                  "method-not-allowed", "room-in-use", "sfu-unavailable"]
+                  "method-not-allowed", "room-in-use", "sfu-unavailable",
+                  # recordings and broadcasts (rtchub.media.service)
+                  "recording-disabled", "broadcast-disabled", "room-not-found", "mesh-room",
+                  "already-recording", "not-recording", "recording-busy", "disk-full",
+                  "already-broadcasting", "not-broadcasting", "media-server-error", "wrong-media-mode"]
     message: str
     details: list[dict[str, Any]] | None = None
 

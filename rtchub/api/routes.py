@@ -21,6 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from rtchub import __version__
+from rtchub.api.media import media_operations
 from rtchub.api.models import (
     ID_REGEX,
     DisconnectRequest,
@@ -108,6 +109,7 @@ class ServerApi:
                                   "`kicked`); the transport closes with 4003 for `kicked`, "
                                   "1008 otherwise. In a cluster, on every live node."),
         ]
+        self.ops += media_operations(app)
         self.openapi = orjson.dumps(build_openapi(self.ops))
 
     # ---------------------------------------------------------------- wiring
@@ -155,8 +157,8 @@ class ServerApi:
             result = op.handler(**kwargs)
             if inspect.isawaitable(result):
                 result = await result
-            if isinstance(result, web.Response):
-                return result
+            if isinstance(result, web.StreamResponse):
+                return result  # type: ignore[return-value]
             assert isinstance(result, BaseModel)
             return web.Response(body=result.model_dump_json(by_alias=True),
                                 content_type="application/json")

@@ -645,15 +645,17 @@ class Hub(ClusterState):
         for obs in self.observers:
             obs.member_joined(room, member, rejoined)
 
-    def room_cap(self, room_id: str, media: str | None = None) -> int:
-        """How many members ``room_id`` may hold: its own cap (``room_caps``), else by
-        media mode: a mesh costs every member one stream per other member
-        (``max_room_members``), an SFU one stream up (``max_sfu_room_members``)."""
-        cap = self.room_caps.get(room_id)
-        if cap is not None:
-            return cap
+    def room_limit(self, media: str | None) -> int:
+        """Members allowed in a room of this media mode: a mesh costs every member
+        one stream per other member, an SFU one stream up."""
         s = self.settings
-        return s.max_sfu_room_members if media == "sfu" else s.max_room_members
+        return s.max_sfu_room_members if media in ("sfu", "audio-mix") else s.max_room_members
+
+    def room_cap(self, room_id: str, media: str | None = None) -> int:
+        """How many members ``room_id`` may hold: its own cap (``room_caps``), else the
+        limit of its media mode (:meth:`room_limit`)."""
+        cap = self.room_caps.get(room_id)
+        return cap if cap is not None else self.room_limit(media)
 
     def _leave(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
         room_id = m.check_id(msg.get("roomId"), "roomId", msg_id)

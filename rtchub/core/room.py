@@ -23,7 +23,7 @@ class Member:
 
 #: How a room's media flows: ``mesh`` (peer-to-peer, relayed offers) or ``sfu``
 #: (through Janus: rtchub.sfu). Decided when the room is created (Hub.media_policy).
-MEDIA_MODES = ("mesh", "sfu")
+MEDIA_MODES = ("mesh", "sfu", "audio-mix")
 
 
 class Room:

@@ -22,9 +22,11 @@ CLIENT_TYPES = ("join", "leave", "message", "ping", "auth", "resume", *RELAY_TYP
 SERVER_TYPES = (
     "welcome", "room-info", "user-joined", "user-left", *RELAY_TYPES, "message",
     "pong", "ack", "error", "resumed", "token-expiring", "close",
-    # SFU rooms (docs/protocol.md "SFU media"; rtchub.sfu)
+    # SFU rooms (docs/protocol.md "SFU media")
     "publish-answer", "subscribe-offer", "media-candidate", "tracks", "tracks-published",
     "tracks-unpublished", "track-muted", "media-reset",
+    # audio-mix rooms and recording (docs/protocol.md "Audio-mix rooms", "Recording")
+    "mix-answer", "recording",
 )
 #: Client -> server message types of SFU rooms (registered by rtchub.sfu with Hub.register).
 SFU_CLIENT_TYPES = ("publish", "unpublish", "subscribe", "unsubscribe", "subscribe-answer",
