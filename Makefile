@@ -9,11 +9,13 @@ PORT ?= 8080
 SYSTEM_DEPS := /usr/bin/chromium=chromium /usr/bin/redis-server=redis-server \
 	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm \
 	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2 /usr/sbin/nginx=nginx \
-	/usr/bin/janus=janus /usr/bin/janus-pp-rec=janus-tools /usr/bin/ffmpeg=ffmpeg
-# What `make run` needs: Janus, so that an SFU call (--sfu local) works out of the box.
-RUN_DEPS := /usr/bin/janus=janus
+	/usr/bin/janus=janus /usr/bin/janus-pp-rec=janus-tools /usr/bin/ffmpeg=ffmpeg \
+	/usr/bin/whip-client=simple-whip-client
+# What `make run` needs: Janus, so that an SFU call (--sfu local) works out of the box,
+# and ffmpeg / janus-pp-rec for recordings and broadcasts.
+RUN_DEPS := /usr/bin/janus=janus /usr/bin/janus-pp-rec=janus-tools /usr/bin/ffmpeg=ffmpeg
 
-.PHONY: run test test-fast bench lint docs system-deps run-deps install-deps clean wheelhouse
+.PHONY: run test test-fast bench lint docs system-deps run-deps install-deps clean wheelhouse vendor
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +44,17 @@ bench/node_modules/.installed: bench/package.json bench/package-lock.json
 	cd bench && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Browser libraries the pages load (hls.js for /watch), from npm at build time:
+# rtchub serves them itself, so no CDN is needed at run time.
+WEB_VENDOR := rtchub/web/vendor/hls.js/hls.min.js
+$(WEB_VENDOR): vendor/package.json vendor/package-lock.json
+	cd vendor && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(@D)
+	cp vendor/node_modules/hls.js/dist/hls.min.js vendor/node_modules/hls.js/LICENSE $(@D)/
+	touch $@
+
+vendor: $(WEB_VENDOR)
+
 # The real PeerJS browser client for tests/e2e/test_peerjs_browser.py (test-only).
 tests/e2e/peerjs/node_modules/.installed: tests/e2e/peerjs/package.json tests/e2e/peerjs/package-lock.json
 	cd tests/e2e/peerjs && npm ci --no-audit --no-fund --loglevel=error
@@ -67,18 +80,18 @@ install-deps:
 # SFU=local (default) starts a supervised Janus, installed when missing; SFU= runs
 # without one (mesh only), and so does a machine where Janus cannot be installed.
 SFU ?= local
-run: $(VENV)/.installed
+run: $(VENV)/.installed $(WEB_VENDOR)
 	@[ -z "$(SFU)" ] || $(MAKE) --no-print-directory run-deps || \
 	  echo "rtchub: Janus is not installed: serving without an SFU (mesh rooms only)"
 	@sfu=""; if [ -n "$(SFU)" ] && command -v janus >/dev/null 2>&1; then sfu="--sfu $(SFU)"; fi; \
 	exec $(BIN)/rtchub serve --host $(HOST) --port $(PORT) $$sfu
 
 test: system-deps $(VENV)/.installed-test bench/node_modules/.installed $(VENV)/wheelhouse/.ready \
-	tests/e2e/peerjs/node_modules/.installed
+		$(WEB_VENDOR) tests/e2e/peerjs/node_modules/.installed
 	$(BIN)/ruff check rtchub tests
 	tools/netns-run $(BIN)/python -m pytest -q -rfE
 
-test-fast: $(VENV)/.installed-test
+test-fast: $(VENV)/.installed-test $(WEB_VENDOR)
 	tools/netns-run $(BIN)/python -m pytest -q -m "not e2e" -x
 
 bench: system-deps $(VENV)/.installed-test bench/node_modules/.installed
@@ -95,4 +108,4 @@ docs: $(VENV)/.installed
 	$(BIN)/python -m rtchub.protocol.constants > rtchub/web/sdk/protocol.js
 
 clean:
-	rm -rf $(VENV) .pytest_cache artifacts
+	rm -rf $(VENV) .pytest_cache artifacts vendor/node_modules rtchub/web/vendor

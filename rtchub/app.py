@@ -20,9 +20,15 @@ from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithLis
 
 from rtchub import api, ice, peerjs, sfu
 from rtchub.api.routes import ServerApi
-from rtchub.auth.gate import Admission, Gatekeeper
+from rtchub.auth.gate import Admission, Gatekeeper, host_middleware
+from rtchub.auth.limits import budget_problems
 from rtchub.broker.cluster import Cluster, make_cluster
 from rtchub.core.hub import Hub
+from rtchub.media import hls
+from rtchub.media.audiomix import AudioMix
+from rtchub.media.service import MediaService
+from rtchub.media.whip import WhipEndpoint
+from rtchub.memory import HeapReturner
 from rtchub.metrics import Metrics
 from rtchub.protocol.codec import JSON, SUBPROTOCOLS, choose_subprotocol
 from rtchub.settings import Settings
@@ -48,9 +54,12 @@ class RtcHub:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = Hub(settings, node_id=settings.node_id)
-        self.liveness = Liveness(settings.heartbeat, settings.heartbeat_timeout)
+        self.liveness = Liveness(settings.heartbeat, settings.heartbeat_timeout,
+                                 pending_budget=settings.max_buffered_bytes)
         self.gatekeeper = Gatekeeper(settings)
-        self.http = web.Application(client_max_size=settings.max_body_size)
+        self.http = web.Application(
+            client_max_size=settings.max_body_size,
+            middlewares=[host_middleware(self.gatekeeper)] if self.gatekeeper.hosts else [])
         self.http[APP_KEY] = self
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
@@ -59,6 +68,9 @@ class RtcHub:
                                 self.hub.tick, "hub-tick")
         #: Background parts (STUN, broker, webhooks...) started and stopped with the server.
         self.services: list[Any] = []
+        #: Returns freed buffer memory to the OS (rtchub.memory).
+        self.heap = HeapReturner(self.hub)
+        self.services.append(self.heap)
         self.ready_checks: list[Any] = []
         # Tokens on the hub, room grants, token expiry (rtchub.auth.gate).
         self.gatekeeper.install(self)
@@ -80,6 +92,12 @@ class RtcHub:
             self.ready_checks.append(("broker", lambda: cluster.ready))
         #: The SFU (rtchub.sfu): media modes, publish/subscribe through Janus.
         self.sfu = sfu.setup(self)
+        #: Audio-mix rooms (rtchub.media.audiomix): Janus AudioBridge.
+        self.audiomix = AudioMix(self)
+        self.services.append(self.audiomix)
+        #: Recordings and broadcasts (rtchub.media): the API and /live use it.
+        self.media = MediaService(self)
+        self.services.append(self.media)
         # The server API's parts, built here and hooked in by rtchub.api.setup.
         self.metrics = Metrics(self)
         self.webhooks = WebhookSender(self)
@@ -100,6 +118,13 @@ class RtcHub:
             r.add_get(path, self._aiohttp_ws)
         # /sse, /poll/open, /poll, /send, /close (rtchub.transports.http_routes).
         http_transports.register(self)
+        # /live/{roomId}/... (HLS broadcasts) and the /watch page (rtchub.media.hls).
+        hls.register(self)
+        r.add_get("/watch", self._watch)
+        # /whip/{roomId}: WHIP ingest into the room's SFU (rtchub.media.whip).
+        self.whip = WhipEndpoint(self)
+        self.whip.register(r)
+        self.services.append(self.whip)
         # The PeerJS server API under --peerjs-path (rtchub.peerjs).
         peerjs.setup(self)
         if (WEB_ROOT / "index.html").exists():
@@ -118,6 +143,9 @@ class RtcHub:
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_ROOT / "index.html")
+
+    async def _watch(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_ROOT / "watch.html")
 
     # -------------------------------------------------------------- WebSocket
     def admit(self, headers: Any, query: dict[str, str], peer: str, *,
@@ -196,7 +224,10 @@ class RtcHub:
         through SO_REUSEPORT."""
         s = self.settings
         logging.getLogger("picows").setLevel(logging.WARNING)
-        self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False)
+        # keepalive_timeout also bounds a second request head trickled on a
+        # kept-alive connection (slowloris; rtchub.auth.limits).
+        self._runner = web.AppRunner(self.http, access_log=None, handle_signals=False,
+                                     keepalive_timeout=s.keepalive_timeout)
         await self._runner.setup()
         http_factory = self._runner.server
         assert http_factory is not None
@@ -205,7 +236,8 @@ class RtcHub:
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(
                 lambda: PortMux(self._route, ws_factory, http_factory,
-                                admit=self.gatekeeper.admit_connection, loop=loop),
+                                admit=self.gatekeeper.admit_connection,
+                                head_timeout=s.request_timeout, loop=loop),
                 host=s.host, port=s.port, ssl=self._ssl_context(), reuse_address=True,
                 reuse_port=reuse_port or None, backlog=4096)
             self.port = self._server.sockets[0].getsockname()[1]
@@ -213,6 +245,8 @@ class RtcHub:
         self._ticker.start()
         for service in self.services:
             await service.start()
+        for problem in budget_problems(s):
+            log.warning("limits contradict each other: %s (docs/security.md, \"The budget\")", problem)
         if listen:
             log.info("rtchub listening on %s://%s:%d (node %s)",
                      "https" if s.certfile else "http", s.host, self.port, self.hub.node_id)

@@ -255,6 +255,7 @@ class HubCollector(Collector):
                                           "publish-to-receive delay of broker messages")
         yield from self._webhooks(app)
         yield from self._sfu(app)
+        yield from self._media(app)
 
     @staticmethod
     def _stun(app: RtcHub) -> Iterable[Metric]:
@@ -302,6 +303,39 @@ class HubCollector(Collector):
         if sfu.local is not None:
             yield CounterMetricFamily("rtchub_sfu_local_restarts", "restarts of the --sfu local Janus",
                                       value=sfu.local.restarts)
+    @staticmethod
+    def _media(app: RtcHub) -> Iterable[Metric]:
+        media = app.media
+        if media is None:
+            return
+        yield GaugeMetricFamily("rtchub_recordings_active", "rooms being recorded now",
+                                value=len(media.active))
+        if media.store is not None:
+            fam = GaugeMetricFamily("rtchub_recordings", "recordings on disk by state",
+                                    labels=["state"])
+            counts: dict[str, int] = {"recording": 0, "processing": 0, "ready": 0, "failed": 0}
+            for rec in media.store.items.values():
+                counts[rec.state.value] += 1
+            for state, n in counts.items():
+                fam.add_metric([state], n)
+            yield fam
+        fam = GaugeMetricFamily("rtchub_broadcasts", "HLS broadcasts by state", labels=["state"])
+        states: dict[str, int] = {"starting": 0, "live": 0, "stopped": 0, "failed": 0}
+        for b in media.broadcasts.values():
+            states[b.hls.state] = states.get(b.hls.state, 0) + 1
+        for state, n in states.items():
+            fam.add_metric([state], n)
+        yield fam
+        whip = app.whip
+        if whip is not None:
+            yield GaugeMetricFamily("rtchub_whip_sessions", "WHIP publishers in rooms now",
+                                    value=len(whip.sessions))
+            yield _counter("rtchub_whip", "WHIP sessions by outcome", "outcome", whip.stats)
+        jobs = GaugeMetricFamily("rtchub_media_jobs", "post-processing jobs by state", labels=["state"])
+        active = media.jobs.active()
+        jobs.add_metric(["queued"], sum(1 for j in active if j.state == "queued"))
+        jobs.add_metric(["running"], sum(1 for j in active if j.state == "running"))
+        yield jobs
 
     @staticmethod
     def _webhooks(app: RtcHub) -> Iterable[Metric]:

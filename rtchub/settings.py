@@ -40,6 +40,14 @@ class Settings:
     max_msg_burst: int = field(
         default=200, metadata={"help": "token bucket size: messages allowed at once (0 = no limit)"}
     )
+    max_byte_rate: float = field(
+        default=32 * 1024,
+        metadata={"help": "relayed bytes/s per connection, as encoded (0 = no limit); docs/security.md"},
+    )
+    max_byte_burst: int = field(
+        default=72 * 1024,
+        metadata={"help": "relayed bytes one connection may send at once (at least one largest message)"},
+    )
     abuse_strikes: int = field(
         default=100, metadata={"help": "rate-limited messages in a row before closing with 1008"}
     )
@@ -58,6 +66,10 @@ class Settings:
     resume_buffer_bytes: int = field(
         default=512 * 1024, metadata={"help": "bytes kept per session for resume"}
     )
+    max_buffered_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={"help": "bytes all resume buffers may hold together; over it each keeps a fair share"},
+    )
     shutdown_timeout: float = field(default=3.0, metadata={"help": "seconds to drain on SIGTERM"})
 
     # -- transports -------------------------------------------------------------
@@ -66,6 +78,12 @@ class Settings:
     )
     sse_heartbeat: float = field(default=15.0, metadata={"help": "seconds between SSE comment pings"})
     poll_timeout_max: float = field(default=25.0, metadata={"help": "longest long-poll wait, seconds"})
+    request_timeout: float = field(
+        default=10.0, metadata={"help": "seconds to receive a request head or body (slowloris)"}
+    )
+    keepalive_timeout: float = field(
+        default=75.0, metadata={"help": "seconds an idle HTTP keep-alive connection is kept"}
+    )
     max_body_size: int = field(default=256 * 1024, metadata={"help": "bytes per POST body (413)"})
 
     # -- broker -------------------------------------------------------------------
@@ -74,6 +92,9 @@ class Settings:
 
     # -- ICE ----------------------------------------------------------------------
     stun_port: int = field(default=3478, metadata={"help": "UDP port of the built-in STUN server (0 = off)"})
+    stun_rate_per_ip: float = field(
+        default=100.0, metadata={"help": "STUN requests/s per source address, burst 2x (0 = no limit)"}
+    )
     stun_host: str = field(default="", metadata={"help": "address for STUN (default: --host)"})
     stun_url: list[str] = field(default_factory=list, metadata={"help": "extra STUN URL (repeatable)"})
     turn_url: list[str] = field(default_factory=list, metadata={"help": "TURN URL (repeatable)"})
@@ -86,7 +107,7 @@ class Settings:
 
     # -- media: SFU (docs/sfu.md) ---------------------------------------------------
     media_mode: str = field(
-        default="", metadata={"help": "media mode of new rooms: mesh (peer-to-peer), sfu, or auto "
+        default="", metadata={"help": "media mode of new rooms: mesh (peer-to-peer), sfu, audio-mix, or auto "
                                       "(p2p for two, SFU from three); '' = auto with an SFU, else mesh"}
     )
     auto_sfu_from: int = field(
@@ -135,6 +156,11 @@ class Settings:
     allowed_origin: list[str] = field(
         default_factory=list, metadata={"help": "allowed Origin (repeatable; '*' allows any)"}
     )
+    allowed_host: list[str] = field(
+        default_factory=list,
+        metadata={"help": "allowed Host name (repeatable; '*.example.com' for subdomains); "
+                          "empty = any. Against DNS rebinding"},
+    )
     forwarded_allow_ips: list[str] = field(
         default_factory=list,
         metadata={"help": "reverse proxies (IPs or networks, repeatable; '*' = any) whose "
@@ -166,6 +192,21 @@ class Settings:
     join_hook_url: str = field(default="", metadata={"help": "URL asked to allow each join"})
     join_hook_timeout: float = field(default=2.0, metadata={"help": "seconds to wait for the join hook"})
     join_hook_failure: str = field(default="deny", metadata={"help": "allow or deny when the hook fails"})
+
+    # -- recording and broadcast (docs/recording.md, docs/broadcast.md) --------------
+    recordings_dir: str = field(
+        default="", metadata={"help": "folder for recordings (empty = recording off)"}
+    )
+    recordings_retention_days: float = field(
+        default=0.0, metadata={"help": "days a finished recording is kept (0 = forever)"}
+    )
+    recordings_min_free_mb: int = field(
+        default=500, metadata={"help": "free MiB below which a recording stops and fails"}
+    )
+    media_jobs: int = field(default=1, metadata={"help": "post-processing jobs run at once"})
+    broadcast_dir: str = field(
+        default="", metadata={"help": "folder for HLS broadcasts, served at /live (empty = off)"}
+    )
 
     @property
     def rate_limited(self) -> bool:

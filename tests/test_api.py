@@ -194,7 +194,13 @@ async def test_openapi_document_is_generated_from_models(api_server: RtcHub) -> 
     assert doc["components"]["securitySchemes"]["apiKey"]["name"] == "X-API-Key"
     assert set(doc["paths"]) == {"/api/stats", "/api/rooms", "/api/rooms/{roomId}",
                                  "/api/rooms/{roomId}/members", "/api/rooms/{roomId}/media",
-                                 "/api/publish", "/api/disconnect"}
+                                 "/api/publish", "/api/disconnect",
+                                 # recordings (tests/test_recordings_api.py)
+                                 "/api/rooms/{roomId}/recording", "/api/recordings",
+                                 "/api/recordings/{recordingId}",
+                                 "/api/recordings/{recordingId}/files/{name}",
+                                 # broadcasts (tests/e2e/test_broadcast.py)
+                                 "/api/rooms/{roomId}/broadcast", "/api/broadcasts", "/api/whip"}
 
 
 async def test_connection_events_are_logged(api_server: RtcHub, caplog: pytest.LogCaptureFixture) -> None:

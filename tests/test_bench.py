@@ -88,3 +88,16 @@ def test_smoke_relay_handful_of_connections(kind: str) -> None:
     assert run.result["delivered"] > 0
     assert run.result["errors"] == 0
     assert run.server_cpu is not None and run.server_cpu >= 0
+
+
+def test_abuse_scenario_is_part_of_the_bench() -> None:
+    """``make bench`` runs every scenario: the abuse one (issue 13) is among them,
+    with a flood for each finding and a nearest-rank summary of the probe."""
+    from rtchub.bench import abuse
+    from rtchub.bench.scenarios import SCENARIOS
+
+    assert "abuse" in SCENARIOS
+    assert set(abuse.FLOODS) == set(abuse.RUNNERS)
+    s = abuse.summary([float(i) for i in range(1, 101)])
+    assert (s["p50_ms"], s["p99_ms"], s["max_ms"], s["samples"]) == (50.0, 99.0, 100.0, 100)
+    assert abuse.summary([])["samples"] == 0

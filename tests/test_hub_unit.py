@@ -372,6 +372,49 @@ def test_session_ids_are_random_url_safe_and_fresh_after_the_pool_refills() -> N
     assert a.id != b.id and len(a.id) == 16
 
 
+def test_all_resume_buffers_together_stay_within_max_buffered_bytes(clock: Clock) -> None:
+    """Issue 13 item 6: many sessions that never read no longer add up without
+    bound; each keeps a fair share, and a resume past it is refused, never gapped."""
+    budget = 2 * 1024 * 1024
+    hub = make_hub(clock, max_buffered_bytes=budget, max_msg_rate=0)
+    members = [joined(hub, "r", f"u{i}") for i in range(50)]
+    blob = "x" * 4000
+    for n in range(300):
+        hub.publish("r", {"type": "message", "roomId": "r", "data": {"n": n, "b": blob}})
+        if n % 50 == 49:
+            clock.t += 1
+            hub.tick()
+    held = sum(s.buffer_bytes for _, s in members)
+    # Without the budget: 50 sessions x 512 KiB. With it: the budget, plus at
+    # most one message per session sent since the last sweep trimmed them.
+    assert held <= budget + 50 * 4100, held
+    assert hub.buffered <= budget
+    _, session = members[0]
+    assert not hub.can_replay(session, 1)  # trimmed: a resume from seq 1 is refused
+    assert hub.can_replay(session, session.seq - 1)
+    assert hub.released > 0
+    # The budget frees up: once the sessions end, the full per-session bound is back.
+    for _, s in members[1:]:
+        hub.end(s, "left")
+    clock.t += 1
+    hub.tick()
+    assert hub.buffer_cap == hub.settings.resume_buffer_bytes
+
+
+def test_relayed_size_is_counted_as_encoded(clock: Clock) -> None:
+    """Issue 13 item 6: 20 KB of control characters (a 20 KB MessagePack frame)
+    is 120 KB of JSON once escaped: refused, not stored 6x larger for every member."""
+    hub = make_hub(clock)
+    a, sa = joined(hub, "r", "a")
+    b, _ = joined(hub, "r", "b")
+    before = len(b.frames)
+    hub.receive(sa, {"type": "message", "roomId": "r", "id": 1, "data": "\x01" * 20_000})
+    assert len(b.frames) == before
+    err = a.frames[-1]
+    assert err["type"] == "error" and err["code"] == "invalid-message" and err["id"] == 1
+    # The same bytes as plain text pass.
+    hub.receive(sa, {"type": "message", "roomId": "r", "id": 2, "data": "x" * 20_000})
+    assert b.frames[-1]["data"] == "x" * 20_000
 # ------------------------------------------------------------ session states
 def test_session_states_follow_the_transport(clock: Clock) -> None:
     hub = make_hub(clock, grace_period=30)
@@ -485,3 +528,27 @@ def test_polling_sink_refuses_a_resume_message(clock: Clock) -> None:
     assert sink.last() == {"seq": 1, "type": "error", "code": "invalid-message",
                            "message": "resume by polling", "id": 3}
     assert old.state is State.DETACHED
+
+
+def test_a_room_bigger_than_max_room_members_shares_one_byte_budget(clock: Clock) -> None:
+    """Issue 13 item 5: in a room allowed 100 members (an SFU room, a room cap),
+    99 senders may not send a member more than 49 could in an ordinary room."""
+    hub = make_hub(clock)
+    hub.room_caps["big"] = 100
+    members = [joined(hub, "big", f"u{i}") for i in range(100)]
+    sink0, _ = members[0]
+    before = len(sink0.frames)
+    blob = "x" * 60_000
+    for _, session in members[1:]:
+        hub.receive(session, {"type": "message", "roomId": "big", "data": blob})
+    got = sum(len(f.get("data", "")) for f in sink0.frames[before:] if f["type"] == "message")
+    budget = 49 * hub.byte_burst
+    assert 0 < got <= budget, (got, budget)
+    # In an ordinary room nothing changes: every member's one message passes.
+    hub2 = make_hub(clock)
+    small = [joined(hub2, "r", f"v{i}") for i in range(50)]
+    s0, _ = small[0]
+    n0 = len(s0.frames)
+    for _, session in small[1:]:
+        hub2.receive(session, {"type": "message", "roomId": "r", "data": blob})
+    assert sum(f["type"] == "message" for f in s0.frames[n0:]) == 49

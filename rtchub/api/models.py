@@ -47,8 +47,9 @@ class PublishRequest(ApiModel):
 class MediaModeRequest(ApiModel):
     """Declare the media mode of a room (before it is in use)."""
 
-    mode: Literal["mesh", "sfu", "auto"] = Field(
-        description="mesh: peer-to-peer; sfu: through Janus; auto: p2p for two, the SFU from three")
+    mode: Literal["mesh", "sfu", "auto", "audio-mix"] = Field(
+        description="mesh: peer-to-peer; sfu: forwarded by Janus; auto: p2p for two, the SFU from three; "
+                    "audio-mix: mixed by Janus AudioBridge")
 
 
 class DisconnectRequest(ApiModel):
@@ -102,7 +103,7 @@ class RoomInfo(ApiModel):
     member_count: int = Field(ge=0)
     age_seconds: float = Field(ge=0)
     members: list[MemberInfo]
-    media: Literal["mesh", "sfu", "auto"] | None = Field(
+    media: Literal["mesh", "sfu", "auto", "audio-mix"] | None = Field(
         default=None, description="the room's media mode (null when not known on this node)")
     route: Literal["p2p", "sfu"] | None = Field(
         default=None, description="auto rooms: where media flows now")
@@ -110,7 +111,7 @@ class RoomInfo(ApiModel):
 
 class MediaMode(ApiModel):
     room_id: str
-    mode: Literal["mesh", "sfu", "auto"]
+    mode: Literal["mesh", "sfu", "auto", "audio-mix"]
 
 
 class RoomMembers(ApiModel):
@@ -144,7 +145,11 @@ class Stats(ApiModel):
 
 class ErrorDetail(ApiModel):
     code: Literal["unauthorized", "not-found", "invalid-request", "api-disabled",
-                  "method-not-allowed", "room-in-use", "sfu-unavailable"]
+                  "method-not-allowed", "room-in-use", "sfu-unavailable",
+                  # recordings and broadcasts (rtchub.media.service)
+                  "recording-disabled", "broadcast-disabled", "room-not-found", "mesh-room",
+                  "already-recording", "not-recording", "recording-busy", "disk-full",
+                  "already-broadcasting", "not-broadcasting", "media-server-error", "wrong-media-mode"]
     message: str
     details: list[dict[str, Any]] | None = None
 

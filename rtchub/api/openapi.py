@@ -45,6 +45,10 @@ class Operation:
     path_params: list[str] = field(default_factory=list)
     description: str = ""
     tags: list[str] = field(default_factory=lambda: ["api"])
+    #: A non-JSON success body (a file download): its media types; 2xx then have a binary schema.
+    media_types: tuple[str, ...] = ()
+    #: Statuses answered without a body (e.g. 416 from a Range request).
+    bare: dict[int, str] = field(default_factory=dict)
 
 
 def build_openapi(ops: list[Operation]) -> dict[str, Any]:
@@ -96,10 +100,13 @@ def build_openapi(ops: list[Operation]) -> dict[str, Any]:
             statuses.setdefault(400, (ErrorBody, "the request is not valid (see error.details)"))
         for status in sorted(statuses):
             model, desc = statuses[status]
-            item["responses"][str(status)] = {
-                "description": desc,
-                "content": {"application/json": {"schema": refs[(model, "serialization")]}},
-            }
+            if op.media_types and 200 <= status < 300:
+                content = {t: {"schema": {"type": "string", "format": "binary"}} for t in op.media_types}
+            else:
+                content = {"application/json": {"schema": refs[(model, "serialization")]}}
+            item["responses"][str(status)] = {"description": desc, "content": content}
+        for status, desc in op.bare.items():
+            item["responses"][str(status)] = {"description": desc}
         if not item["parameters"]:
             del item["parameters"]
         paths.setdefault(op.path, {})[op.method.lower()] = item

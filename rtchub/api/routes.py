@@ -21,6 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from rtchub import __version__
+from rtchub.api.media import media_operations
 from rtchub.api.models import (
     ID_REGEX,
     DisconnectRequest,
@@ -73,7 +74,7 @@ class ServerApi:
     def __init__(self, app: RtcHub) -> None:
         self.app = app
         self.hub = app.hub
-        self.key = app.settings.api_key.encode()
+        self.key = app.settings.api_key.encode("utf-8", "surrogateescape")
         self.ops = [
             Operation("GET", "/api/stats", "getStats", "Server statistics", self.stats,
                       {200: (Stats, "counters and gauges of this node")}),
@@ -108,6 +109,7 @@ class ServerApi:
                                   "`kicked`); the transport closes with 4003 for `kicked`, "
                                   "1008 otherwise. In a cluster, on every live node."),
         ]
+        self.ops += media_operations(app)
         self.openapi = orjson.dumps(build_openapi(self.ops))
 
     # ---------------------------------------------------------------- wiring
@@ -121,7 +123,11 @@ class ServerApi:
     def _check_key(self, request: web.Request) -> web.Response | None:
         if not self.key:
             return _error(404, "api-disabled", "the server API is off (start with --api-key)")
-        given = request.headers.get("X-API-Key", "").encode()
+        # aiohttp decodes header bytes that are not UTF-8 as lone surrogates
+        # (surrogateescape): encoding them back the same way gives the bytes
+        # that were sent, so any header is compared, none raises (a 500 and
+        # a traceback per request would be a log flood for anyone).
+        given = request.headers.get("X-API-Key", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, self.key):
             return _error(401, "unauthorized", "missing or wrong X-API-Key")
         return None
@@ -151,8 +157,8 @@ class ServerApi:
             result = op.handler(**kwargs)
             if inspect.isawaitable(result):
                 result = await result
-            if isinstance(result, web.Response):
-                return result
+            if isinstance(result, web.StreamResponse):
+                return result  # type: ignore[return-value]
             assert isinstance(result, BaseModel)
             return web.Response(body=result.model_dump_json(by_alias=True),
                                 content_type="application/json")

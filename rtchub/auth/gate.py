@@ -4,6 +4,11 @@ Each transport (WebSocket on either stack, SSE, polling) and ``/ice-servers``
 asks the same :class:`Gatekeeper` before it creates a session, so a rule
 added here holds everywhere at once. In order, cheapest first:
 
+0. Host, when ``--allowed-host`` is set (DNS rebinding: a hostile page
+   whose own name now resolves to this server sends an Origin equal to
+   the Host it asked for, so the Origin check alone admits it; only the
+   Host name tells the server which site the browser thinks it talks to,
+   RFC 9110 section 7.2) -> 421 Misdirected Request;
 1. Origin (cross-site WebSocket hijacking: a browser sends the page's
    Origin with every WebSocket handshake and CORS request, RFC 6455 section
    10.2, RFC 6454) -> 403 before any upgrade;
@@ -56,6 +61,30 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 WARN_BEFORE = 60.0
 #: Request headers a cross-origin page may send to the HTTP transports.
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, X-RtcHub-Session"
+
+
+#: RFC 9110 section 15.5.20: this server does not answer for that Host name.
+MISDIRECTED = 421
+#: Paths answered whatever the Host: load balancer probes use an address.
+HOST_EXEMPT = frozenset({"/healthz", "/readyz"})
+
+
+def host_middleware(gate: Gatekeeper) -> Any:
+    """An aiohttp middleware refusing every other Host (``--allowed-host``) with 421.
+
+    Installed only when the option is set, so the default costs nothing.
+    The transports' handshakes check the Host in :meth:`Gatekeeper.check`
+    too (the picows WebSocket path never reaches aiohttp).
+    """
+    from aiohttp import web
+
+    @web.middleware
+    async def check_host(request: web.Request, handler: Any) -> Any:
+        if request.path not in HOST_EXEMPT and not gate.host_allowed(request.headers.get("Host")):
+            return Admission(MISDIRECTED, "host not allowed").http_response()
+        return await handler(request)
+
+    return check_host
 
 
 class Admission:
@@ -120,6 +149,9 @@ class Gatekeeper:
     def __init__(self, settings: Settings, limits: Limits | None = None) -> None:
         self.settings = settings
         self.allowed = {o.rstrip("/").lower() for o in settings.allowed_origin}
+        #: ``--allowed-host`` names, lower case, fnmatch patterns (``*.example.com``).
+        self.hosts = [h.strip().strip("[]").lower().rstrip(".") for h in settings.allowed_host
+                      if h.strip()]
         self.limits = limits if limits is not None else Limits(settings)
         #: The one decision of a request's client address (trusted proxies' headers).
         self.client_address = forwarded.from_settings(settings)
@@ -153,12 +185,24 @@ class Gatekeeper:
             return (parts.hostname or "") in LOOPBACK_HOSTS
         return False
 
+    def host_allowed(self, host: str | None) -> bool:
+        """``--allowed-host``: the request's Host name (port ignored) is one we serve."""
+        patterns = self.hosts
+        if not patterns:
+            return True
+        if not host:
+            return False
+        name = urlsplit("//" + host).hostname or ""
+        return any(fnmatchcase(name, p) for p in patterns)
+
     def check(self, *, headers: Mapping[str, str], query: Mapping[str, str], peer: str,
               first_message_auth: bool = False) -> Admission:
         """Decide a handshake from TCP peer ``peer``. ``first_message_auth``: the
         transport can carry an ``auth`` message (WebSocket), so a missing token
         is not yet a refusal. The verdict's ``client`` is the address the
         session is known by (the real client behind a trusted proxy)."""
+        if self.hosts and not self.host_allowed(headers.get("Host")):
+            return Admission(MISDIRECTED, "host not allowed")
         client = self.client_address(peer, headers)
         if not self.origin_allowed(headers.get("Origin"), headers.get("Host")):
             return Admission(403, "origin not allowed", client=client)
@@ -224,7 +268,8 @@ class Gatekeeper:
         peer = peername[0] if peername else ""
         if head is None:
             if self.client_address.enabled and self.client_address.trusted(peer):
-                return ASK_AGAIN
+                # Counted in the fd budget now; by client once the head is in.
+                return self.limits.admit_fd(transport) or ASK_AGAIN
             return self.limits.admit_connection(transport, peer)
         verdict = self.limits.admit_connection(
             transport, self.client_address(peer, head.headers()), count=head.upgrade)

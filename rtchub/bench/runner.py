@@ -192,6 +192,17 @@ def _spawn(kind: str, cmds: list[list[str]], ports: list[int], env: dict[str, st
     return server
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(kind: str, cmd: list[str], port: int) -> Server:
+    """One server child process on core 0, waited for on ``port``."""
+    return _spawn(kind, [cmd], [port])
+
+
 def start_server(kind: str, *, compression: bool = False) -> Server:
     port = free_port()
     if kind == "rtchub":

@@ -19,6 +19,9 @@ Sizes (full / ``--quick``):
 - ``auto``: longest video gap while a call moves p2p -> SFU -> p2p, and a
   10-person room's subscriber downlink with adaptive layers vs all-high
   (rtchub.bench.auto, Chromium pages inside tools/netns-run).
+- ``abuse``: rtchub alone, with its default limits: an honest client's
+  ``ping`` -> ``pong`` time while each flood of issue 13 runs
+  (:mod:`rtchub.bench.abuse`, 4 s / 2 s each), next to the idle figure.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary
 log = logging.getLogger("rtchub.bench")
 
 SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "asgi", "sfu",
-             "auto")
+             "auto", "abuse")
 #: The two servers of the ``asgi`` scenario: the native one, then the ASGI mount.
 ASGI_SERVERS = ("rtchub", "rtchub-asgi")
 
@@ -201,6 +204,13 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
             except Exception as exc:  # Janus/Chromium missing, no namespace: say so, run the rest
                 skipped[scenario] = f"failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
                 say(f"auto: {skipped[scenario]}")
+        if scenario == "abuse":
+            say("abuse: rtchub under each flood, an honest probe alongside ...")
+            try:
+                raw[scenario] = {"rtchub": run_abuse(plan, rows, say)}
+            except runner.BenchError as exc:
+                skipped[scenario] = f"failed: {str(exc).splitlines()[0]}"
+                say(f"abuse: {skipped[scenario]}")
             continue
         if scenario == "cross-node":
             why = broker_available()
@@ -245,3 +255,66 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
                     say(f"  {server_kind}: {run.result['errors']} error messages, last "
                         f"{run.result.get('lastError')}")
     return {"rows": list(rows.values()), "raw": raw, "skipped": skipped}
+
+
+def run_abuse(plan: Plan, rows: dict[tuple[str, str], Metric],
+              say: Callable[[str], None]) -> dict[str, Any]:
+    """The ``abuse`` scenario: probe latency idle, then during each flood.
+
+    The server runs with its default limits (that is what is measured) and
+    STUN on; the floods come from 127.0.0.2, the probe from 127.0.0.1.
+    """
+    import asyncio
+    import multiprocessing
+    import sys
+
+    from rtchub.bench import abuse
+
+    seconds = plan.t(4.0, 2.0)
+    port, stun_port = runner.free_port(), runner.free_udp_port()
+    cmd = [sys.executable, "-m", "rtchub.cli", "serve", "--port", str(port),
+           "--stun-port", str(stun_port), "--log-level", "warning"]
+    server = runner.spawn("rtchub", cmd, port)
+    url = f"ws://127.0.0.1:{port}/ws"
+    target = abuse.Target(port, stun_port)
+    out: dict[str, Any] = {}
+
+    def put(label: str, numbers: dict[str, Any]) -> None:
+        key = f"abuse ({label})"
+        for name, field in (("probe p50", "p50_ms"), ("probe p99", "p99_ms"), ("probe max", "max_ms")):
+            metric = rows.setdefault((key, name), Metric(key, name, "ms", False))
+            metric.values["rtchub"] = numbers.get(field)
+
+    async def measure(name: str | None) -> dict[str, Any]:
+        if name is None:
+            return {"probe": abuse.summary(await abuse.probe(url, seconds))}
+        # The flood runs in its own process: sharing the probe's event loop
+        # would add the flood's own work to every probe time.
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        flooder = ctx.Process(target=abuse.flood_in_process,
+                              args=(name, target.port, target.stun_port, seconds, results))
+        flooder.start()
+        await asyncio.sleep(0.5)  # let the flood get going first
+        rtts = await abuse.probe(url, seconds - 0.5)
+        flooded = await asyncio.to_thread(results.get, True, seconds + 60)
+        await asyncio.to_thread(flooder.join, 10)
+        return {"probe": abuse.summary(rtts), "flood": flooded}
+
+    try:
+        rss0 = server.rss()
+        for name in (None, *abuse.FLOODS):
+            label = name or "idle"
+            say(f"abuse: {label} ...")
+            result = asyncio.run(measure(name))
+            if not server.alive():
+                raise runner.BenchError(f"rtchub died during {label}\n{server.log_tail()}")
+            result["rss_mb"] = server.rss() / 1e6
+            out[label] = result
+            put(label, result["probe"])
+            say(f"  probe p50 {result['probe']['p50_ms']} ms, p99 {result['probe']['p99_ms']} ms, "
+                f"max {result['probe']['max_ms']} ms; {result.get('flood', {})}")
+        out["rss_start_mb"] = rss0 / 1e6
+    finally:
+        server.stop()
+    return out

@@ -50,6 +50,12 @@ PROBE_INTERVAL = 60.0
 WELCOME_TIMEOUT = 4.0
 
 
+#: SFU messages that describe a room's tracks (docs/protocol.md "SFU media").
+TRACK_EVENTS = frozenset({"tracks", "tracks-published", "tracks-unpublished", "track-muted"})
+#: Past this many announcements without a new snapshot the oldest are dropped.
+MAX_TRACK_EVENTS = 1024
+
+
 class ClientError(Exception):
     """An ``error`` answer from the server."""
 
@@ -109,6 +115,10 @@ class Client:
         self._ids = itertools.count(1)
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._listeners: dict[str, list[Callable[[dict[str, Any]], Any]]] = {}
+        #: roomId -> the SFU track announcements heard in it, from its latest ``tracks``
+        #: snapshot on: the server sends that snapshot right after a join, usually
+        #: before the app has made its ``SfuMedia``, which replays them (rtchub.client.media).
+        self.track_events: dict[str, list[dict[str, Any]]] = {}
         self._transport: Transport | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -280,6 +290,11 @@ class Client:
                 fut.set_result(msg)
                 consumed = True
         # Answers a caller awaited are theirs; everything else is the app's.
+        if mtype in TRACK_EVENTS and isinstance(msg.get("roomId"), str):
+            events = self.track_events.setdefault(msg["roomId"], [])
+            if mtype == "tracks" or len(events) >= MAX_TRACK_EVENTS:
+                events.clear()  # a snapshot supersedes what came before it
+            events.append(msg)
         self._emit(mtype or "", msg)
         if consumed or mtype in _INTERNAL:
             return
@@ -524,6 +539,7 @@ class Client:
     async def leave(self, room_id: str) -> None:
         self.rooms.pop(room_id, None)
         await self.request({"type": "leave", "roomId": room_id})
+        self.track_events.pop(room_id, None)
 
     async def relay(self, mtype: str, room_id: str, to: str, **fields: Any) -> Any:
         return await self.send({"type": mtype, "roomId": room_id, "to": to, **fields})

@@ -110,6 +110,11 @@ class SfuMedia:
                           ("track-muted", self._on_muted), ("publish-answer", self._on_answer),
                           ("subscribe-offer", self._on_offer), ("media-reset", self._on_reset)):
             client.on(mtype, self._mine(cb))
+        # What the room announced before this object existed (the snapshot after
+        # the join usually arrives first): replayed, so no track is missed.
+        for msg in list(client.track_events.get(room_id, ())):
+            {"tracks": self._on_tracks, "tracks-published": self._on_published,
+             "tracks-unpublished": self._on_unpublished, "track-muted": self._on_muted}[msg["type"]](msg)
 
     def _mine(self, cb: Any) -> Any:
         def handler(msg: dict[str, Any]) -> None:

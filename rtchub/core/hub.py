@@ -42,6 +42,13 @@ from rtchub.protocol import messages as m
 from rtchub.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from rtchub.settings import Settings
 
+#: Bytes a relayed body may exceed ``max_message_size`` by: the ``from`` and
+#: ``seq`` the server adds, and re-encoding (RFC 8259 escapes, number forms).
+RELAY_ENVELOPE = 1024
+#: Bytes charged per relayed message on top of its body: the ``seq`` field
+#: and the WebSocket frame header (RFC 6455 section 5.2), rounded up.
+FRAME_OVERHEAD = 32
+
 
 class HubObserver:
     """Hooks for everything that watches the hub. Override what you need."""
@@ -153,6 +160,21 @@ class Hub(ClusterState):
         #: Messages numbered by :meth:`send`, by type: plain ints, so counting costs the
         #: hot path one dict update; rtchub.metrics exports them at scrape time.
         self.sent: dict[str, int] = {}
+        s = self.settings
+        #: The largest body a client message may become once stamped and
+        #: re-encoded as JSON (MessagePack strings can grow 6x when escaped).
+        self.max_relayed = s.max_message_size + RELAY_ENVELOPE
+        #: A byte bucket always holds at least one largest message.
+        self.byte_burst = max(s.max_byte_burst, self.max_relayed + FRAME_OVERHEAD)
+        #: Bytes one session's resume buffer may hold now: ``resume_buffer_bytes``,
+        #: or a fair share of ``max_buffered_bytes`` while the total is over it
+        #: (:meth:`_enforce_total`). Kept in one attribute so :meth:`send` pays nothing.
+        self.buffer_cap = s.resume_buffer_bytes
+        #: Bytes held by every resume buffer together, as of the last :meth:`tick`.
+        self.buffered = 0
+        #: Buffer bytes freed since someone last looked (rtchub.memory returns
+        #: freed heap to the OS when this grows large).
+        self.released = 0
 
     def use_authenticator(self, authenticate: Callable[[Session, str], None] | None) -> None:
         """Turn auth on: ``authenticate(session, token)`` checks the ``auth`` message's
@@ -253,6 +275,8 @@ class Hub(ClusterState):
         s = self.settings
         if s.rate_limited:
             session.bucket = TokenBucket(s.max_msg_rate, s.max_msg_burst, now)
+            if s.max_byte_rate > 0:
+                session.byte_bucket = TokenBucket(s.max_byte_rate, self.byte_burst, now)
         if s.max_joins_per_second > 0:
             session.join_bucket = TokenBucket(
                 s.max_joins_per_second, max(1.0, s.max_joins_per_second), now
@@ -288,7 +312,7 @@ class Hub(ClusterState):
         buf.append((seq, out.json))
         size = session.buffer_bytes = session.buffer_bytes + body_size
         s = self.settings
-        if len(buf) > s.resume_buffer_messages or size > s.resume_buffer_bytes:
+        if len(buf) > s.resume_buffer_messages or size > self.buffer_cap:
             self._trim(session)
         sink = session.sink
         if sink is not None:
@@ -303,8 +327,8 @@ class Hub(ClusterState):
         """
         s = self.settings
         buf = session.buffer
-        while buf and (len(buf) > s.resume_buffer_messages
-                       or session.buffer_bytes > s.resume_buffer_bytes):
+        cap = self.buffer_cap
+        while buf and (len(buf) > s.resume_buffer_messages or session.buffer_bytes > cap):
             _, dropped = buf.popleft()
             session.buffer_bytes -= len(dropped)
 
@@ -346,6 +370,7 @@ class Hub(ClusterState):
                 self._remove_member(room, session, reason)
         session.rooms.clear()
         session.buffer.clear()
+        self.released += session.buffer_bytes
         session.buffer_bytes = 0
         self.sessions.pop(session.id, None)
         if sink is not None and sink.session is session:
@@ -364,6 +389,38 @@ class Hub(ClusterState):
             self.end(session, session.detach_reason)
         if self._rerouting:
             self._reroute_due()
+        self._enforce_total()
+
+    def _enforce_total(self) -> None:
+        """Hold every resume buffer together to ``max_buffered_bytes``.
+
+        The policy when the total is over: every session keeps at most an
+        equal share (the budget divided by the sessions), the largest
+        buffers are trimmed at once, and :meth:`send` trims to that share
+        from then on. A session that later resumes from before what its
+        share kept gets ``session-expired``, never a silent gap. Once the
+        total is back under half the budget, the per-session bound is
+        ``resume_buffer_bytes`` again. One pass over the sessions a second,
+        sharing the grace-period sweep's.
+        """
+        s = self.settings
+        budget = s.max_buffered_bytes
+        sessions = self.sessions
+        total = sum(x.buffer_bytes for x in sessions.values())
+        if budget <= 0 or not sessions:
+            self.buffered = total
+            self.buffer_cap = s.resume_buffer_bytes
+            return
+        if total > budget:
+            cap = self.buffer_cap = min(s.resume_buffer_bytes, budget // len(sessions))
+            for session in [x for x in sessions.values() if x.buffer_bytes > cap]:
+                before = session.buffer_bytes
+                self._trim(session)
+                self.released += before - session.buffer_bytes
+                total -= before - session.buffer_bytes
+        elif total <= budget // 2:
+            self.buffer_cap = s.resume_buffer_bytes
+        self.buffered = total
 
     def close(self, session: Session, code: int, reason: str) -> None:
         """Close the transport of a session (the session's fate follows from ``detach``)."""
@@ -373,22 +430,23 @@ class Hub(ClusterState):
 
     # ------------------------------------------------------------------- input
     def receive(self, session: Session, msg: Any) -> None:
-        """Handle one decoded client message. Never raises for bad input."""
+        """Handle one decoded client message. Never raises for bad input.
+
+        Every message costs a token first, whatever it is: a ``resume``, an
+        unknown type or a malformed object costs the server as much to
+        answer as a valid one, so a flood of them ends in 1008 too.
+        """
+        bucket = session.bucket
+        if bucket is not None and not bucket.take(self.clock()):
+            self._over_rate(session, m.safe_id(msg))
+            return
+        session.strikes = 0
         try:
             mtype = m.message_type(msg, self._handlers)
             msg_id = m.message_id(msg)
         except ProtocolError as err:
             self.error(session, err)
             return
-        bucket = session.bucket
-        if bucket is not None and mtype != "resume" and not bucket.take(self.clock()):
-            session.strikes += 1
-            self.error(session, ProtocolError(
-                ErrorCode.RATE_LIMITED, "too many messages, slow down", msg_id))
-            if session.strikes >= self.settings.abuse_strikes:
-                self.close(session, CloseCode.POLICY, "rate limit exceeded repeatedly")
-            return
-        session.strikes = 0
         if msg_id is not None and mtype not in ("ping", "resume") and msg_id in session.seen_ids:
             # A resend after resume: accepted before, so acknowledge, never redeliver.
             self.send(session, Outgoing({"type": "ack", "id": msg_id, "duplicate": True}))
@@ -408,6 +466,41 @@ class Hub(ClusterState):
             self.error(session, ProtocolError(
                 ErrorCode.INVALID_MESSAGE,
                 "message cannot be relayed: nested too deeply or not JSON-representable", msg_id))
+
+    def _over_rate(self, session: Session, msg_id: Any) -> None:
+        session.strikes += 1
+        self.error(session, ProtocolError(ErrorCode.RATE_LIMITED, "too many messages, slow down", msg_id))
+        if session.strikes >= self.settings.abuse_strikes:
+            self._abuse_close(session)
+
+    def _abuse_close(self, session: Session) -> None:
+        """Close with 1008 and end the session now: a flood earns no grace
+        period, so an attacker who reconnects in a loop leaves no resume
+        buffers behind (each would hold up to ``resume_buffer_bytes``)."""
+        self.close(session, CloseCode.POLICY, "rate limit exceeded repeatedly")
+        self.end(session, "disconnected")
+
+    def reject(self, session: Session, err: ProtocolError) -> None:
+        """A frame that is not a message at all (invalid JSON or MessagePack):
+        it costs a token like any message, then the error is sent."""
+        bucket = session.bucket
+        if bucket is not None and not bucket.take(self.clock()):
+            self._over_rate(session, None)
+            return
+        session.strikes = 0
+        self.error(session, err)
+
+    def charge(self, session: Session) -> None:
+        """An inbound frame that carries no message (WebSocket ping, pong, a
+        fragment of a message): it costs a token, and a flood of them ends in
+        1008 as a message flood does. Nothing is answered: an error per
+        frame would double the flood."""
+        bucket = session.bucket
+        if bucket is None or bucket.take(self.clock()):
+            return
+        session.strikes += 1
+        if session.strikes >= self.settings.abuse_strikes:
+            self._abuse_close(session)
 
     def receive_all(self, session: Session, msgs: list[Any]) -> int:
         """:meth:`receive` each of ``msgs`` in order until the session ends (a ``POST
@@ -574,16 +667,19 @@ class Hub(ClusterState):
         for obs in self.observers:
             obs.member_joined(room, member, rejoined)
 
-    def room_cap(self, room_id: str, media: str | None = None) -> int:
-        """How many members ``room_id`` may hold: its own cap (``room_caps``), else by
-        media mode (``None``: the server's default): a mesh costs every member one
-        stream per other member (``max_room_members``), an SFU (and an ``auto`` room,
-        which moves to it) one stream up (``max_sfu_room_members``)."""
-        cap = self.room_caps.get(room_id)
-        if cap is not None:
-            return cap
+    def room_limit(self, media: str | None) -> int:
+        """Members allowed in a room of this media mode (``None``: the server's
+        default): a mesh costs every member one stream per other member, an SFU
+        (and an ``auto`` room, which moves to it) or a mix one stream up."""
         s = self.settings
-        return s.max_sfu_room_members if (media or self.default_media) in SFU_MODES else s.max_room_members
+        mode = media or self.default_media
+        return s.max_sfu_room_members if mode in SFU_MODES or mode == "audio-mix" else s.max_room_members
+
+    def room_cap(self, room_id: str, media: str | None = None) -> int:
+        """How many members ``room_id`` may hold: its own cap (``room_caps``), else the
+        limit of its media mode (:meth:`room_limit`)."""
+        cap = self.room_caps.get(room_id)
+        return cap if cap is not None else self.room_limit(media)
 
     def _leave(self, session: Session, msg: dict[str, Any], msg_id: Any) -> None:
         room_id = m.check_id(msg.get("roomId"), "roomId", msg_id)
@@ -683,9 +779,54 @@ class Hub(ClusterState):
                                     f"room {room.id!r} is on the SFU now: publish there", msg_id)
         m.relay_payload(msg["type"], msg, msg_id)
         target = self._target(room, msg, msg_id)
-        self.send(target.session, Outgoing(self._stamped(session, msg)))
+        out = Outgoing(self._stamped(session, msg))
+        self._spend(session, out, msg_id, room)
+        self.send(target.session, out)
         if msg_id is not None:
             self._accepted(session, msg_id)
+
+    def _spend(self, session: Session, out: Outgoing, msg_id: Any, room: Room) -> None:
+        """Charge a relayed message to its sender, at its encoded size.
+
+        What a member receives from a room is bounded by what its members
+        may send: ``max_byte_rate`` per sender sustained, ``byte_burst`` at
+        once, counted as stored and sent (the JSON body), not as received.
+        A room allowed more members than ``max_room_members`` (an SFU room,
+        a room with its own cap) also has a room-wide bucket, the sum of
+        ``max_room_members - 1`` senders', so its members are never sent
+        more than those of a full ordinary room. docs/security.md "The
+        budget" has the arithmetic that makes this fit every member's
+        ``max_pending_bytes``.
+        """
+        size = len(out.json)  # encodes once; cached for every recipient
+        if size > self.max_relayed:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                                f"message too big once encoded ({size} bytes, at most "
+                                f"{self.max_relayed})", msg_id)
+        bucket = session.byte_bucket
+        if bucket is None:
+            return
+        now = self.clock()
+        cost = size + FRAME_OVERHEAD
+        shared = room.byte_bucket
+        senders = self.settings.max_room_members - 1
+        if shared is None and len(room.members) > senders + 1:
+            shared = room.byte_bucket = TokenBucket(senders * self.settings.max_byte_rate,
+                                                    senders * self.byte_burst, now)
+        if shared is not None and not shared.take(now, cost):
+            self._over_bytes(session, msg_id)
+        if not bucket.take(now, cost):
+            if shared is not None:
+                shared.tokens += cost  # not sent: the room's bytes are not spent
+            self._over_bytes(session, msg_id)
+
+    def _over_bytes(self, session: Session, msg_id: Any) -> None:
+        session.strikes += 1
+        if session.strikes >= self.settings.abuse_strikes:
+            self._abuse_close(session)
+        raise ProtocolError(ErrorCode.RATE_LIMITED,
+                            f"too many bytes, slow down: {self.settings.max_byte_rate:g} bytes/s",
+                            msg_id)
 
     @staticmethod
     def _stamped(session: Session, msg: dict[str, Any]) -> dict[str, Any]:
@@ -711,6 +852,7 @@ class Hub(ClusterState):
         if echo is not None and type(echo) is not bool:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "echo must be a boolean", msg_id)
         out = Outgoing(self._stamped(session, msg))
+        self._spend(session, out, msg_id, room)
         if msg.get("to") is not None:
             self.send(self._target(room, msg, msg_id).session, out)
             if echo:

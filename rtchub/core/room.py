@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from rtchub.core.route import SFU, AutoRoute, RoutePolicy
 
 if TYPE_CHECKING:
+    from rtchub.core.ratelimit import TokenBucket
     from rtchub.core.session import Session
 
 
@@ -27,9 +28,10 @@ class Member:
 
 
 #: How a room's media flows: ``mesh`` (peer-to-peer, relayed offers), ``sfu``
-#: (through Janus: rtchub.sfu), or ``auto`` (either, by member count:
-#: rtchub.core.route). Decided when the room is created (Hub.media_policy).
-MEDIA_MODES = ("mesh", "sfu", "auto")
+#: (through Janus: rtchub.sfu), ``auto`` (either, by member count:
+#: rtchub.core.route) or ``audio-mix`` (mixed by Janus AudioBridge). Decided
+#: when the room is created (Hub.media_policy).
+MEDIA_MODES = ("mesh", "sfu", "auto", "audio-mix")
 #: Modes whose rooms use the SFU (at least some of the time).
 SFU_MODES = ("sfu", "auto")
 
@@ -37,7 +39,7 @@ SFU_MODES = ("sfu", "auto")
 class Room:
     """A named set of members; exists while it has at least one."""
 
-    __slots__ = ("id", "members", "created_at", "media", "auto")
+    __slots__ = ("id", "members", "created_at", "media", "auto", "byte_bucket")
 
     def __init__(self, room_id: str, now: float, media: str = "mesh",
                  policy: RoutePolicy | None = None) -> None:
@@ -47,6 +49,9 @@ class Room:
         self.media = media
         #: The route state of an ``auto`` room (None for mesh and sfu rooms).
         self.auto = AutoRoute(policy or RoutePolicy()) if media == "auto" else None
+        #: Bytes the whole room may relay, only for rooms larger than
+        #: ``max_room_members`` (Hub._spend); None otherwise.
+        self.byte_bucket: TokenBucket | None = None
 
     def set_media(self, media: str, policy: RoutePolicy | None = None) -> None:
         """The room's mode learnt later (a cluster's shared decision)."""

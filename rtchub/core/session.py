@@ -72,7 +72,7 @@ class IllegalTransition(RuntimeError):
 class Session:
     __slots__ = (
         "id", "user_id", "display_name", "rooms", "sink", "seq", "buffer",
-        "buffer_bytes", "seen_ids", "bucket", "strikes",
+        "buffer_bytes", "seen_ids", "bucket", "byte_bucket", "strikes",
         "join_bucket", "detached_at", "detach_reason", "claims", "node",
         "state", "user_fixed", "created_at", "__weakref__",
     )
@@ -96,6 +96,8 @@ class Session:
         self.buffer_bytes = 0
         self.seen_ids: OrderedDict[Any, None] = OrderedDict()
         self.bucket: TokenBucket | None = None
+        #: Bytes this session may relay (encoded size): see Hub._spend.
+        self.byte_bucket: TokenBucket | None = None
         self.join_bucket: TokenBucket | None = None
         self.strikes = 0
         #: When the session became DETACHED (its grace period runs from here).

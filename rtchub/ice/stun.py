@@ -38,6 +38,17 @@ Rules, in order (each with its RFC reason):
 * Everything else: success with XOR-MAPPED-ADDRESS, SOFTWARE and
   FINGERPRINT (sections 14.2, 14.14, 14.7).
 
+Against reflection (a spoofed source address turns a STUN server into an
+amplifier aimed at the victim, RFC 8489 section 16.1.4 on DoS):
+
+* no error response is ever bigger than the request it answers: SOFTWARE,
+  then the reason phrase, then FINGERPRINT are left out until it fits
+  (all three are optional, sections 14.8 and 14.14), and a request too
+  small for even that is discarded (counted as ``ignored``, and as
+  ``suppressed``);
+* each source address may send ``--stun-rate-per-ip`` requests a second
+  (twice that at once); the rest are discarded unanswered (``rate_limited``).
+
 Nothing in the datagram path may raise: an exception out of
 ``datagram_received`` would be logged by asyncio once per datagram, which an
 attacker could turn into a log flood. Internal errors are counted instead.
@@ -49,16 +60,21 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import time
+from collections.abc import Callable
 from struct import pack, unpack_from
 from typing import Any
 
 from aioice import stun
 
 from rtchub import __version__
+from rtchub.core.ratelimit import TokenBucket
 
 log = logging.getLogger("rtchub.stun")
 
 SOFTWARE = f"rtchub {__version__}"
+#: Forget sources whose bucket is full once this many are tracked.
+PRUNE_AT = 4096
 
 #: RFC 8489 section 14.9; aioice 0.13 has no codec for it (see _register_unknown_attributes).
 UNKNOWN_ATTRIBUTES = 0x000A
@@ -96,6 +112,8 @@ STAT_KEYS = (
     "bad_request",        # 400 error responses sent
     "unknown_attribute",  # 420 error responses sent
     "ignored",            # datagrams silently discarded (not STUN, indications, responses)
+    "suppressed",         # ... of which errors that would have been bigger than their request
+    "rate_limited",       # datagrams dropped unread: their source was over its rate
     "internal_errors",    # bugs: exceptions caught in the datagram path (should stay 0)
 )
 
@@ -141,12 +159,14 @@ def _client_address(addr: tuple[Any, ...]) -> tuple[str, int]:
 class _Outcome:
     """What :func:`handle_datagram` decided: the reply bytes (or None) and the counter to bump."""
 
-    __slots__ = ("reply", "stat", "classic")
+    __slots__ = ("reply", "stat", "classic", "suppressed")
 
-    def __init__(self, reply: bytes | None, stat: str, classic: bool = False) -> None:
+    def __init__(self, reply: bytes | None, stat: str, classic: bool = False,
+                 suppressed: bool = False) -> None:
         self.reply = reply
         self.stat = stat
         self.classic = classic
+        self.suppressed = suppressed
 
 
 def _encode(message: stun.Message, cookie: bytes, classic: bool) -> bytes:
@@ -163,13 +183,33 @@ def _encode(message: stun.Message, cookie: bytes, classic: bool) -> bytes:
 
 
 def _error(code: int, reason: str, transaction_id: bytes, cookie: bytes, classic: bool,
-           unknown: list[int] | None = None) -> bytes:
-    attributes: dict[str, Any] = {"ERROR-CODE": (code, reason)}
-    if unknown:
-        attributes["UNKNOWN-ATTRIBUTES"] = unknown
-    attributes["SOFTWARE"] = SOFTWARE
-    message = stun.Message(stun.Method.BINDING, stun.Class.ERROR, transaction_id, attributes)
-    return _encode(message, cookie, classic)
+           unknown: list[int] | None = None, most: int = 1 << 16) -> bytes | None:
+    """The error response, at most ``most`` bytes (the request's size), or None.
+
+    Optional parts go first: SOFTWARE, then the reason phrase, then
+    FINGERPRINT. A server must never answer with more than it was sent,
+    else a spoofed source makes it an amplifier.
+    """
+    for software, phrase, fingerprint in ((True, reason, True), (False, reason, True),
+                                          (False, "", True), (False, "", False)):
+        attributes: dict[str, Any] = {"ERROR-CODE": (code, phrase)}
+        if unknown:
+            attributes["UNKNOWN-ATTRIBUTES"] = unknown
+        if software:
+            attributes["SOFTWARE"] = SOFTWARE
+        message = stun.Message(stun.Method.BINDING, stun.Class.ERROR, transaction_id, attributes)
+        data = _encode(message, cookie, classic) if classic or fingerprint else bytes(message)
+        if len(data) <= most:
+            return data
+    return None
+
+
+def _refuse(code: int, reason: str, data: bytes, cookie: bytes, classic: bool,
+            unknown: list[int] | None = None) -> _Outcome:
+    reply = _error(code, reason, data[8:20], cookie, classic, unknown, most=len(data))
+    if reply is None:
+        return _Outcome(None, "ignored", classic, suppressed=True)
+    return _Outcome(reply, "bad_request" if code == 400 else "unknown_attribute", classic)
 
 
 def handle_datagram(data: bytes, addr: tuple[Any, ...]) -> _Outcome:
@@ -192,13 +232,11 @@ def handle_datagram(data: bytes, addr: tuple[Any, ...]) -> _Outcome:
     pos = stun.HEADER_LENGTH
     while pos < len(data):
         if pos + 4 > len(data):
-            return _Outcome(_error(400, "Bad Request", transaction_id, cookie, classic),
-                            "bad_request", classic)
+            return _refuse(400, "Bad Request", data, cookie, classic)
         attr_type, attr_len = unpack_from("!HH", data, pos)
         end = pos + 4 + attr_len
         if end > len(data):
-            return _Outcome(_error(400, "Bad Request", transaction_id, cookie, classic),
-                            "bad_request", classic)
+            return _refuse(400, "Bad Request", data, cookie, classic)
         if attr_type == FINGERPRINT:
             # Must be last and must match, else this is not STUN (section 14.7).
             if attr_len != 4 or end + stun.padding_length(attr_len) != len(data):
@@ -214,22 +252,19 @@ def handle_datagram(data: bytes, addr: tuple[Any, ...]) -> _Outcome:
 
     method = message_type & 0x3EEF
     if method != stun.Method.BINDING:
-        return _Outcome(_error(400, "Bad Request: only Binding is served here", transaction_id,
-                               cookie, classic), "bad_request", classic)
+        return _refuse(400, "Bad Request: only Binding is served here", data, cookie, classic)
     if change_flags & (CHANGE_IP | CHANGE_PORT):
         # RFC 5780 section 6.1: no alternate address, so CHANGE-REQUEST is "unknown".
         unknown.append(CHANGE_REQUEST)
     if unknown:
-        return _Outcome(_error(420, "Unknown Attribute", transaction_id, cookie, classic, unknown),
-                        "unknown_attribute", classic)
+        return _refuse(420, "Unknown Attribute", data, cookie, classic, unknown)
 
     try:
         # Decodes every attribute aioice knows: a known one with a broken value
         # (wrong length, bad address family, invalid UTF-8...) is a 400.
         stun.parse_message(data)
     except Exception:
-        return _Outcome(_error(400, "Bad Request", transaction_id, cookie, classic),
-                        "bad_request", classic)
+        return _refuse(400, "Bad Request", data, cookie, classic)
 
     mapped = _client_address(addr)
     if classic:
@@ -249,14 +284,20 @@ class _StunProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        stats = self.server.stats
+        server = self.server
+        stats = server.stats
         stats["datagrams"] += 1
         try:
+            if server.rate > 0 and not server.admit(addr[0]):
+                stats["rate_limited"] += 1
+                return
             outcome = handle_datagram(data, addr)
             if outcome.stat != "ignored":
                 stats["requests"] += 1
                 if outcome.classic:
                     stats["classic"] += 1
+            elif outcome.suppressed:
+                stats["suppressed"] += 1
             stats[outcome.stat] += 1
             if outcome.reply is not None and self.transport is not None:
                 self.transport.sendto(outcome.reply, addr)
@@ -297,16 +338,35 @@ class StunServer:
     bound ``(host, port)`` pairs once started.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, rate: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.port = port
+        #: Requests per second per source address (0 = no limit), burst twice that.
+        self.rate = rate
+        self.clock = clock
+        self.buckets: dict[str, TokenBucket] = {}
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.addresses: list[tuple[str, int]] = []
         self._transports: list[asyncio.DatagramTransport] = []
 
     @classmethod
     def from_settings(cls, settings: Any) -> StunServer:
-        return cls(settings.stun_host or settings.host, settings.stun_port)
+        return cls(settings.stun_host or settings.host, settings.stun_port,
+                   rate=settings.stun_rate_per_ip)
+
+    def admit(self, host: str) -> bool:
+        """One more datagram from ``host`` within its rate?"""
+        now = self.clock()
+        bucket = self.buckets.get(host)
+        if bucket is None:
+            if len(self.buckets) >= PRUNE_AT:
+                # Full buckets carry no information: forget them.
+                for key in [k for k, b in self.buckets.items()
+                            if b.tokens + (now - b.stamp) * b.rate >= b.burst]:
+                    del self.buckets[key]
+            bucket = self.buckets[host] = TokenBucket(self.rate, 2 * self.rate, now)
+        return bucket.take(now)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

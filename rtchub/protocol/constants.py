@@ -27,6 +27,8 @@ SERVER_TYPES = (
     # SFU rooms (docs/protocol.md "SFU media"; rtchub.sfu)
     "publish-answer", "subscribe-offer", "media-candidate", "tracks", "tracks-published",
     "tracks-unpublished", "track-muted", "media-reset",
+    # audio-mix rooms and recording (docs/protocol.md "Audio-mix rooms", "Recording")
+    "mix-answer", "recording",
 )
 #: Client -> server message types of SFU rooms (registered by rtchub.sfu with Hub.register).
 SFU_CLIENT_TYPES = ("publish", "unpublish", "subscribe", "unsubscribe", "subscribe-answer",

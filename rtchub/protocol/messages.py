@@ -97,6 +97,13 @@ def message_type(msg: Any, known: Container[str] = CLIENT_TYPES) -> str:
     return mtype
 
 
+def safe_id(msg: Any) -> Any:
+    """The usable ``id`` of anything decoded, or ``None`` (never raises)."""
+    if type(msg) is not dict:
+        return None
+    return _safe_id(msg)
+
+
 def _safe_id(msg: dict[str, Any]) -> Any:
     try:
         return message_id(msg)

@@ -168,7 +168,7 @@ class SfuService(HubObserver):
             self.servers[url] = Server(url, url, s.sfu_api_secret)
         if s.media_mode and s.media_mode not in MEDIA_MODES:
             raise ValueError(f"--media-mode must be one of {MEDIA_MODES}")
-        if s.media_mode in SFU_MODES and not self.servers:
+        if (s.media_mode in SFU_MODES or s.media_mode == "audio-mix") and not self.servers:
             raise ValueError(f"--media-mode {s.media_mode} needs a Janus: --sfu local or --sfu-url ws://...")
         #: (roomId, sessionId) -> Peer
         self.peers: dict[tuple[str, str], Peer] = {}
@@ -183,6 +183,9 @@ class SfuService(HubObserver):
         self.stats = {"publishes": 0, "subscribes": 0, "resets": 0, "errors": 0}
         #: roomId -> lock ordering directory reads sent to joiners with announcements.
         self._dir_locks: dict[str, asyncio.Lock] = {}
+        #: ``callback(session, room_id, reason)`` when Janus reports a publisher's hangup
+        #: (rtchub.media.whip ends a WHIP session whose publisher died).
+        self.on_publisher_hangup: list[Callable[[Session, str, str], None]] = []
         hub = self.hub
         hub.use_media_policy(self._media_policy)
         hub.observers.append(self)
@@ -330,7 +333,7 @@ class SfuService(HubObserver):
         mode = req.media if self.clustered and req.media else self._proposed_mode(session, req)
         if mode == "auto" and not self.servers:
             return "mesh"  # auto = "I can do both": without an SFU the answer is peer-to-peer
-        if mode == "sfu" and not self.servers:
+        if mode in ("sfu", "audio-mix") and not self.servers:
             raise ProtocolError(ErrorCode.SFU_UNAVAILABLE,
                                 "this server has no SFU (start it with --sfu local or --sfu-url)",
                                 req.msg_id)
@@ -358,7 +361,7 @@ class SfuService(HubObserver):
 
     def declare_mode(self, room_id: str, mode: str) -> str:
         """The server API's choice of a room's mode. A room in use keeps its mode."""
-        if mode in SFU_MODES and not self.servers:
+        if (mode in SFU_MODES or mode == "audio-mix") and not self.servers:
             raise ProtocolError(ErrorCode.SFU_UNAVAILABLE, "this server has no SFU")
         room = self.hub.rooms.get(room_id)
         if room is not None and room.media != mode:
@@ -653,6 +656,16 @@ class SfuService(HubObserver):
 
     async def _new_peer(self, session: Session, room_id: str, msg_id: Any) -> Peer:
         server, placed = await self._server_for(room_id)
+        conn = await self._ensure_room(server, placed)
+        if session.ended or room_id not in session.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"not in room {room_id!r}", msg_id)
+        peer = Peer(session, room_id, server, conn, placed)
+        peer.chain = self._pending_chain.get((room_id, session.id))
+        self.peers[(room_id, session.id)] = peer
+        return peer
+
+    async def _ensure_room(self, server: Server, placed: Placed) -> JanusConnection:
+        """The room's VideoRoom exists on its Janus server (made once per connection)."""
         conn = server.conn
         assert conn is not None
         if placed.janus_room not in server.rooms:
@@ -669,12 +682,7 @@ class SfuService(HubObserver):
             finally:
                 await conn.detach(handle)
             server.rooms.add(placed.janus_room)
-        if session.ended or room_id not in session.rooms:
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"not in room {room_id!r}", msg_id)
-        peer = Peer(session, room_id, server, conn, placed)
-        peer.chain = self._pending_chain.get((room_id, session.id))
-        self.peers[(room_id, session.id)] = peer
-        return peer
+        return conn
 
     def _drop(self, peer: Peer, *, announce: bool) -> None:
         """The member left (or was replaced): free its handles and its tracks."""
@@ -784,6 +792,11 @@ class SfuService(HubObserver):
         if kind == "webrtcup":
             peer.pub_up = True
             self._spawn(self._announce(peer))
+        elif kind == "hangup" and not peer.dead:
+            # The publisher's PeerConnection is gone (ICE failed, DTLS closed): Janus says so.
+            peer.pub_up = False
+            for callback in self.on_publisher_hangup:
+                callback(peer.session, peer.room_id, str(ev.get("reason", "")))
         elif kind == "trickle":
             self._candidate_out(peer, "publish", ev.get("candidate"))
 
@@ -1079,6 +1092,65 @@ class SfuService(HubObserver):
         """What the server API shows of a room's media (GET /api/rooms/{roomId})."""
         room = self.hub.rooms.get(room_id)
         return {"media": room.media if room is not None else self.declared.get(room_id)}
+
+
+    # ================================================================ media (rtchub.media)
+    def is_sfu_room(self, room_id: str) -> bool:
+        """Whether the room's media passes through Janus (what recording and broadcast need)."""
+        room = self.hub.rooms.get(room_id)
+        return self.enabled and room is not None and room.media == "sfu"
+
+    async def janus_for(self, room_id: str) -> tuple[Server, Placed]:
+        """The Janus server that holds (or now gets) ``room_id``, placed like any SFU room."""
+        return await self._server_for(room_id)
+
+    async def _videoroom(self, room_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One VideoRoom request about ``room_id`` on a short-lived handle of its Janus."""
+        server, placed = await self._server_for(room_id)
+        conn = await self._ensure_room(server, placed)
+        handle = await conn.attach(VIDEOROOM)
+        try:
+            data, _ = await conn.message(handle, {**body, "room": placed.janus_room})
+            return data
+        finally:
+            with contextlib.suppress(JanusError, JanusGone):
+                await conn.detach(handle)
+
+    async def start_recording(self, room_id: str, rec_dir: Path) -> None:
+        """Janus records every publisher of the room into ``rec_dir`` (.mjr per track).
+
+        VideoRoom ``edit`` with ``new_rec_dir`` sets where, then
+        ``enable_recording`` starts it for the publishers there now and for
+        those who come later.
+        """
+        await self._videoroom(room_id, {"request": "edit", "new_rec_dir": str(rec_dir)})
+        await self._videoroom(room_id, {"request": "enable_recording", "record": True})
+
+    async def stop_recording(self, room_id: str) -> None:
+        await self._videoroom(room_id, {"request": "enable_recording", "record": False})
+
+    async def feeds(self, room_id: str) -> dict[str, dict[str, Any]]:
+        """Publishers of a room: feed -> {user, tracks: {mid: kind}}, from its track directory."""
+        out: dict[str, dict[str, Any]] = {}
+        for t in (await self.shared.tracks(room_id)).values():
+            out.setdefault(t["f"], {"user": t["u"], "tracks": {}})["tracks"][t["m"]] = t["k"]
+        return out
+
+    async def rtp_forward(self, room_id: str, feed: str, streams: list[dict[str, Any]],
+                          host: str = "127.0.0.1") -> list[int]:
+        """Janus sends ``feed``'s tracks as plain RTP to ``host`` (VideoRoom ``rtp_forward``).
+
+        ``streams`` are ``{mid, port, pt}``; returns the forwarder ids (for
+        :meth:`stop_rtp_forward`).
+        """
+        data = await self._videoroom(room_id, {"request": "rtp_forward", "publisher_id": feed,
+                                               "host": host, "streams": streams})
+        return [int(s["stream_id"]) for s in data.get("forwarders", []) if "stream_id" in s]
+
+    async def stop_rtp_forward(self, room_id: str, feed: str, stream_id: int) -> None:
+        with contextlib.suppress(JanusError, JanusGone):
+            await self._videoroom(room_id, {"request": "stop_rtp_forward", "publisher_id": feed,
+                                            "stream_id": stream_id})
 
 
 def setup(app: RtcHub) -> SfuService:

@@ -39,8 +39,9 @@ log = logging.getLogger("rtchub.sfu.supervisor")
 
 PLUGINS_DIR = "/usr/lib/x86_64-linux-gnu/janus/plugins"
 TRANSPORTS_DIR = "/usr/lib/x86_64-linux-gnu/janus/transports"
-#: Plugins other than the VideoRoom, disabled so Janus loads nothing it does not need.
-OTHER_PLUGINS = ("audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip",
+#: Plugins other than the VideoRoom and the AudioBridge (audio-mix rooms, rtchub.media.audiomix),
+#: disabled so Janus loads nothing it does not need.
+OTHER_PLUGINS = ("duktape", "echotest", "lua", "nosip", "recordplay", "sip",
                  "streaming", "textroom", "videocall", "voicemail")
 OTHER_TRANSPORTS = ("http", "mqtt", "nanomsg", "pfunix", "rabbitmq")
 PR_SET_PDEATHSIG = 1
@@ -127,6 +128,8 @@ events: {{
 }}
 """)
     (folder / "janus.plugin.videoroom.jcfg").write_text(
+        "general: {\n\tstring_ids = true\n}\n")
+    (folder / "janus.plugin.audiobridge.jcfg").write_text(
         "general: {\n\tstring_ids = true\n}\n")
     (folder / "janus.transport.websockets.jcfg").write_text(f"""general: {{
 \tjson = "plain"

@@ -188,12 +188,18 @@ async def read_body(request: web.Request) -> tuple[Any, web.Response | None]:
     (aiohttp's ``client_max_size`` is ``max_body_size``), so a chunked body
     cannot get around it.
     """
-    limit = rtchub_of(request).settings.max_body_size
+    settings = rtchub_of(request).settings
+    limit = settings.max_body_size
     if request.content_length is not None and request.content_length > limit:
         return None, error_response(request, 413, ErrorCode.INVALID_MESSAGE,
                                     f"body larger than {limit} bytes")
     try:
-        raw = await request.read()
+        # A body trickled byte by byte would hold the handler for ever (slowloris).
+        async with asyncio.timeout(settings.request_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        return None, error_response(request, 408, ErrorCode.INVALID_MESSAGE,
+                                    f"body not received within {settings.request_timeout:g} s")
     except web.HTTPRequestEntityTooLarge:
         return None, error_response(request, 413, ErrorCode.INVALID_MESSAGE,
                                     f"body larger than {limit} bytes")
@@ -237,6 +243,13 @@ async def send(request: web.Request) -> web.Response:
     else:
         return error_response(request, 400, ErrorCode.INVALID_MESSAGE,
                               "body must be a message object or an array of them")
+    too_big = oversized(app.settings.max_message_size, msgs)
+    if too_big is not None:
+        # What a WebSocket closes with 1009 (RFC 6455 section 7.4.1): here a
+        # 413 (RFC 9110 section 15.5.14), and no message of the body is taken.
+        return error_response(request, 413, ErrorCode.INVALID_MESSAGE,
+                              f"message {too_big} is larger than "
+                              f"{app.settings.max_message_size} bytes", index=too_big)
     if session is None:
         # Another node holds the session (no sticky sessions needed): it
         # receives the messages, in order, and answers before we do.
@@ -251,6 +264,22 @@ async def send(request: web.Request) -> web.Response:
         return json_response(request, orjson.dumps({"accepted": forwarded}), status=202)
     accepted = receive_all(app.hub, session, msgs)
     return json_response(request, orjson.dumps({"accepted": accepted}), status=202)
+
+
+def oversized(limit: int, msgs: list[Any]) -> int | None:
+    """The index of the first message larger than ``limit`` bytes as JSON, or None.
+
+    The same limit as a WebSocket frame (PROTOCOL.md: ``/send`` holds each
+    message to the same size and rate limits), measured on the message
+    re-encoded compactly, so whitespace in the body neither helps nor hurts.
+    """
+    for i, msg in enumerate(msgs):
+        try:
+            if len(orjson.dumps(msg)) > limit:
+                return i
+        except orjson.JSONEncodeError:
+            return None  # nested too deeply: Hub.receive answers it as any bad message
+    return None
 
 
 def receive_all(hub: Hub, session: Session, msgs: list[Any]) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 from multidict import CIMultiDict
 from picows.picows import WSAutoPingStrategy
 
+from rtchub.auth.limits import SERVICE_UNAVAILABLE
 from rtchub.transports.coalesce import CoalescingWSProtocol
 
 log = logging.getLogger("rtchub.mux")
@@ -60,10 +61,11 @@ class PortMux(asyncio.Protocol):
     """First protocol of every connection; replaces itself after the request head.
 
     ``admit(transport, None)`` (per-IP limits, :mod:`rtchub.auth.limits`) runs
-    on accept: 0 admits, a negative number drops the connection at once, an
-    HTTP status (429) is answered once the request head has arrived, and
-    :data:`ASK_AGAIN` calls ``admit(transport, head)`` once it has (a trusted
-    proxy's connection, judged by the client it names). A
+    on accept: 0 admits, a negative number drops the connection at once, 503
+    (the process is near its fd limit) is answered at once, another HTTP
+    status (429) once the request head has arrived, and :data:`ASK_AGAIN`
+    calls ``admit(transport, head)`` once it has (a trusted proxy's
+    connection, judged by the client it names). A
     connection that has not sent its head within ``head_timeout`` seconds is
     dropped (slowloris); picows and aiohttp time out on their own afterwards.
     """
@@ -95,6 +97,11 @@ class PortMux(asyncio.Protocol):
             if verdict < 0:
                 self._transport = None
                 transport.abort()
+                return
+            if verdict == SERVICE_UNAVAILABLE:
+                # Near the fd limit: say so at once and free the descriptor
+                # (RFC 9110 section 15.6.4), rather than hold it for a head.
+                self._answer(transport, b"503 Service Unavailable", b"Retry-After: 1\r\n")
                 return
             self._refuse = verdict
         if self._head_timeout > 0:
@@ -184,7 +191,7 @@ def picows_protocol_factory(listener_factory: Callable[[Any, str], Any], *,
             True,        # disconnect_on_exception
             5.0,         # handshake timeout
             False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,        # auto pong
+            False,       # auto pong: off, pings are answered (and counted) by the endpoint
             max_frame_size,
             None,        # extra headers
             2048,        # initial read buffer: small, grows with need (idle memory)

@@ -64,7 +64,12 @@ class PicowsEndpoint(WsEndpoint, WSListener):
                 transport.send_close(code)
             transport.disconnect()
         elif mtype is _PING:
-            transport.send_pong(frame.get_payload_as_bytes())
+            # picows' auto-pong is off (rtchub.transports.mux) so that pings are counted.
+            self.control_frame()
+            if not self.closing:
+                transport.send_pong(frame.get_payload_as_bytes())
+        else:  # PONG: solicited or not, it costs a token (a pong flood is a flood)
+            self.control_frame()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closed()

@@ -66,8 +66,13 @@ class AiohttpEndpoint(WsEndpoint):
                 elif msg.type == WSMsgType.PING:
                     # autoping is off so that pongs reach this loop (aiohttp
                     # swallows them otherwise, and an idle client answering
-                    # every ping would still be closed with 4008).
-                    await ws.pong(msg.data)
+                    # every ping would still be closed with 4008), and so
+                    # that pings and pongs are counted against the budget.
+                    self.control_frame()
+                    if not self.closing:
+                        await ws.pong(msg.data)
+                elif msg.type == WSMsgType.PONG:
+                    self.control_frame()
                 elif msg.type == WSMsgType.ERROR:
                     break
             code = ws.close_code

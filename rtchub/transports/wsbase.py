@@ -32,6 +32,10 @@ CLEAN_CLOSE_CODES = frozenset({1000, 1001})
 #: socket and up to ``max_pending_bytes`` of buffer forever (TCP zero-window
 #: probes never give up on a live peer).
 SLOW_READER_ABORT = 5.0
+#: Frames one fragmented message may arrive in (RFC 6455 section 5.4 sets no
+#: limit). Browsers send a message in one frame; libraries that fragment use
+#: frames of KiBs, so a 64 KiB message never needs more than a few.
+MAX_FRAGMENTS = 64
 
 ENDPOINT_SLOTS = ("hub", "session", "codec", "last_seen", "ping_sent", "clean", "reason",
                   "closing", "liveness", "peer", "transport_name", "max_pending", "claims",
@@ -119,31 +123,50 @@ class WsEndpoint:
         try:
             msg = decode_msgpack(data) if self.codec == MSGPACK and binary else decode_json(data)
         except Exception:
-            self.hub.error(session, ProtocolError(
+            self.hub.reject(session, ProtocolError(
                 ErrorCode.INVALID_JSON,
                 "frame is not valid MessagePack" if binary and self.codec == MSGPACK
                 else "frame is not valid JSON"))
             return
         self.hub.receive(session, msg)
 
+    def control_frame(self) -> None:
+        """A ping or pong from the client: it costs a token of the message budget."""
+        session = self.session
+        if session is not None and not self.closing:
+            self.hub.charge(session)
+
     def fragment(self, data: bytes, fin: bool, binary: bool, first: bool) -> None:
-        """Reassemble a fragmented message (RFC 6455 section 5.4) within the size limit."""
+        """Reassemble a fragmented message (RFC 6455 section 5.4) within the size limit.
+
+        Bounded in bytes (``max_message_size``) and in frames
+        (:data:`MAX_FRAGMENTS`): empty continuation frames add no bytes, and
+        would otherwise grow the list for ever. Every frame but the last
+        costs a token of the connection's budget (the last one is charged as
+        the message it completes).
+        """
         if first:
             self.frags = []
             self.frags_size = 0
-        if self.frags is None:
+        frags = self.frags
+        if frags is None:
             self.close(CloseCode.POLICY, "continuation frame without a start")
             return
-        self.frags.append(data)
+        frags.append(data)
         self.frags_size += len(data)
-        if self.frags_size > self.hub.settings.max_message_size:
+        if self.frags_size > self.hub.settings.max_message_size or len(frags) > MAX_FRAGMENTS:
             self.frags = None
-            self.close(CloseCode.TOO_BIG, "message too big")
+            self.close(CloseCode.TOO_BIG, "message too big" if len(frags) <= MAX_FRAGMENTS
+                       else "message in too many frames")
             return
-        if fin:
-            whole = b"".join(self.frags)
-            self.frags = None
-            self.incoming(whole, binary)
+        if not fin:
+            session = self.session
+            if session is not None:
+                self.hub.charge(session)
+            return
+        whole = b"".join(frags)
+        self.frags = None
+        self.incoming(whole, binary)
 
     # -- Sink --------------------------------------------------------------------------
     def deliver(self, seq: int, out: Outgoing) -> None:

@@ -357,7 +357,8 @@ def test_local_janus_dies_with_a_killed_rtchub(server_process: Any) -> None:
     proc = server_process("--sfu", "local", "--sfu-ice-ip", os.environ["RTCHUB_NETNS"])
     rtchub = psutil.Process(proc.proc.pid)
     deadline = time.monotonic() + 10
-    while not (kids := [p for p in rtchub.children() if p.name() == "janus"]):
+    # A child that has forked but not yet exec'd Janus still has rtchub's command line.
+    while not (kids := [p for p in rtchub.children() if "-F" in p.cmdline()]):
         assert time.monotonic() < deadline, "no Janus child"
         time.sleep(0.05)
     janus = kids[0]

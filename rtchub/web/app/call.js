@@ -739,6 +739,14 @@ async function main() {
   });
   hub.on('room-info', (m) => {
     if (m.roomId && m.roomId !== room) return;
+    if (m.media === 'audio-mix') {
+      // An audio room mixed on the server: it has its own page.
+      app.left = true;
+      const url = new URL('/audio.html', location.href);
+      for (const k of ['room', 'name', 'token', 'transport']) if (params.get(k)) url.searchParams.set(k, params.get(k));
+      location.replace(url.toString());
+      return;
+    }
     // An AutoCall plays mesh and auto rooms as they are; an SFU room (made
     // with ?media=sfu) is followed with a reload, as the other modes do.
     const fits = app.mode === 'auto' ? m.media !== 'sfu' || wantedMedia === 'auto' : m.media === app.mode;
@@ -781,6 +789,33 @@ async function main() {
   hub.on('error', (m) => {
     app.errors.push(m);
     if (m && m.id === undefined) toast(describeError(m));
+  });
+  // Recording (docs/recording.md): everyone in the room must see that it is recorded.
+  const recIndicator = $('#rec-indicator');
+  const recButton = $('#btn-record');
+  let recording = false;
+  hub.on('recording', (m) => {
+    if (m.roomId && m.roomId !== room) return;
+    recording = !!m.active;
+    recIndicator.hidden = !recording;
+    document.body.dataset.recording = recording ? 'yes' : 'no';
+    recButton.textContent = recording ? 'Stop recording' : 'Record';
+    if (recording) {
+      const who = m.startedBy === hub.userId ? 'you' : m.startedBy && m.startedBy !== 'api' ? nameOf(m.startedBy) : '';
+      const by = who ? ` by ${who}` : '';
+      banners.show('recording', { kind: 'error', iconName: 'alert', text: `This room is being recorded${by}.` });
+      log.system('Recording started');
+    } else {
+      banners.hide('recording');
+      log.system('Recording stopped');
+    }
+  });
+  // The button is offered in SFU rooms (mesh media never reaches the server); the server
+  // checks the canRecord grant and says no with a toast otherwise.
+  recButton.hidden = app.mode !== 'sfu';
+  recButton.addEventListener('click', () => {
+    hub.send({ type: 'record', roomId: room, action: recording ? 'stop' : 'start' })
+      .catch((e) => toast(describeError(e)));
   });
 
   // Call.start() joins the room itself; its room-info and the user-joined

@@ -72,6 +72,7 @@ form.addEventListener('submit', (e) => {
   go('call.html');
 });
 $('#start-chat').addEventListener('click', () => go('chat.html'));
+$('#start-audio').addEventListener('click', (e) => { e.preventDefault(); go('audio.html'); });
 
 refresh();
 (name.value ? $('#start-call') : name).focus();
