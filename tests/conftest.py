@@ -87,17 +87,47 @@ class ServerProcess:
     """``rtchub serve`` as a real child process (for signals, kill -9, restarts)."""
 
     def __init__(self, *args: str, port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.fixed_port = port is not None
         self.port = port or free_port()
-        self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--stun-port", "0", *args]
+        self.extra = args
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def args(self) -> list[str]:
+        return ["--host", "127.0.0.1", "--port", str(self.port), "--stun-port", "0", *self.extra]
+
     def start(self) -> ServerProcess:
+        """Start ``rtchub serve`` and wait until it listens.
+
+        ``free_port()`` only says the port was free a moment ago: under a full
+        suite, client sockets churn through the same ephemeral range and one
+        may take it before the server binds. Then (and only for a port we
+        chose) the start is retried on another port; any other early exit
+        fails with the server's own output.
+        """
         exe = shutil.which("rtchub", path=str(ROOT / ".venv" / "bin")) or "rtchub"
-        self.proc = subprocess.Popen([exe, "serve", *self.args], env=self.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        wait_port(self.port)
-        return self
+        for _attempt in range(3):
+            self.proc = subprocess.Popen([exe, "serve", *self.args], env=self.env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 20.0
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                        return self
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                self.kill()
+                raise TimeoutError(f"rtchub serve did not listen on {self.port} within 20 s:\n"
+                                   + self.output()[-3000:])
+            out = self.output()
+            if self.fixed_port or "address already in use" not in out.lower():
+                raise RuntimeError(f"rtchub serve exited with {self.proc.returncode}:\n{out[-3000:]}")
+            self.port = free_port()
+        raise RuntimeError("rtchub serve found no free port in 3 attempts")
 
     @property
     def url(self) -> str:

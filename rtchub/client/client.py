@@ -15,6 +15,10 @@ an old offer arriving after that would start a negotiation nobody expects.
 Un-acked ``leave`` is done (the new session is in no room). The browser SDK
 does the same (rtchub/web/sdk/hub.js ``_resumeFailed``).
 Incoming messages with ``seq <= lastSeq`` are duplicates and are dropped.
+
+(Over 500 lines on purpose: the delivery contract, resume, the transport
+switch and the rejoin after ``session-expired`` are one state machine that
+reads best in one place; the transports themselves are in transports*.py.)
 """
 
 from __future__ import annotations

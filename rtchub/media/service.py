@@ -268,6 +268,13 @@ class MediaService(HubObserver):
             return MediaError(409, "mesh-room",
                               f"room {room_id!r} is a mesh room: its media goes peer to peer and "
                               f"never reaches the server, so it cannot be {what} (use media mode sfu)")
+        if mode == "auto":
+            # An auto room on its peer-to-peer route (two members or fewer): for now
+            # its media is a mesh's. It can be once a third member moves it to the SFU.
+            return MediaError(409, "mesh-room",
+                              f"room {room_id!r} is an auto room that is peer to peer now: its media "
+                              f"never reaches the server, so it cannot be {what} until it moves to "
+                              f"the SFU (three members or more), or use media mode sfu")
         return MediaError(409, "wrong-media-mode",
                           f"room {room_id!r} is an {mode} room: only sfu rooms can be {what}")
 

@@ -21,6 +21,12 @@ Handlers run synchronously in the hub (checks, coded errors) and hand the
 Janus work to one task chain per member (:class:`Peer`), so each member's
 requests reach Janus in the order it sent them. Answers go out through
 ``hub.send``: numbered, buffered and replayed by ``resume`` like any message.
+
+(Over 500 lines on purpose: publish, subscribe, trickle, ICE restart, layer
+choice, media reset and a dead node's take-over all change the same per-member
+:class:`Peer` records, and this module is their one owner. The next split,
+when it grows again, is the node take-over (``_save`` and the adoption of a
+dead node's handles) into a module of its own.)
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import orjson
 from rtchub.broker.base import Broker, BrokerDown
 from rtchub.core.hub import Hub, HubObserver, JoinRequest
 from rtchub.core.room import MEDIA_MODES, SFU_MODES, Member, Room
+from rtchub.core.route import SFU as SFU_ROUTE
 from rtchub.core.session import Session
 from rtchub.protocol import messages as m
 from rtchub.protocol.errors import ErrorCode, ProtocolError
@@ -325,9 +332,14 @@ class SfuService(HubObserver):
     def _proposed_mode(self, session: Session, req: JoinRequest) -> str:
         claims = session.claims or {}
         claim = claims.get("media")
+        # A join's ``auto`` says "I can do both", not "make it auto": an operator's
+        # explicit --media-mode (audio-mix, say) wins over it; an explicit mode in
+        # the join (mesh, sfu, audio-mix) wins over the operator's default.
+        asked = req.media if req.media != "auto" else None
         return (self.declared.get(req.room_id)
                 or (claim if claim in MEDIA_MODES else None)
-                or req.media or self.settings.media_mode or ("auto" if self.servers else "mesh"))
+                or asked or self.settings.media_mode or req.media
+                or ("auto" if self.servers else "mesh"))
 
     def _media_policy(self, session: Session, req: JoinRequest) -> str:
         mode = req.media if self.clustered and req.media else self._proposed_mode(session, req)
@@ -1098,7 +1110,8 @@ class SfuService(HubObserver):
     def is_sfu_room(self, room_id: str) -> bool:
         """Whether the room's media passes through Janus (what recording and broadcast need)."""
         room = self.hub.rooms.get(room_id)
-        return self.enabled and room is not None and room.media == "sfu"
+        return self.enabled and room is not None and (
+            room.media == "sfu" or room.media == "auto" and room.route == SFU_ROUTE)
 
     async def janus_for(self, room_id: str) -> tuple[Server, Placed]:
         """The Janus server that holds (or now gets) ``room_id``, placed like any SFU room."""
