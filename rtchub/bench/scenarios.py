@@ -204,6 +204,7 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
             except Exception as exc:  # Janus/Chromium missing, no namespace: say so, run the rest
                 skipped[scenario] = f"failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
                 say(f"auto: {skipped[scenario]}")
+            continue
         if scenario == "abuse":
             say("abuse: rtchub under each flood, an honest probe alongside ...")
             try:
