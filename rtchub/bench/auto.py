@@ -25,9 +25,7 @@ leaves the private namespace) and prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -38,19 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-#: The flags TESTING-NOTES.md lists for headless fake-media calls on one machine.
-FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns,LocalNetworkAccessChecks",
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-]
+from rtchub.bench import netns
+
+CHROMIUM = netns.CHROMIUM
+FLAGS = netns.CHROMIUM_FLAGS
 SMALL = "640x360"
 WINDOW = 8.0
 P2P_AFTER = 2.0
@@ -262,26 +251,8 @@ def run_in_namespace(quick: bool) -> dict[str, Any]:
     """Run :func:`measure` inside tools/netns-run (a private network namespace)."""
     if not shutil.which("janus") or not Path(CHROMIUM).exists():
         raise RuntimeError("janus and chromium are needed (make system-deps)")
-    cmd = [str(ROOT / "tools" / "netns-run"), sys.executable, "-m", "rtchub.bench.auto"]
-    if quick:
-        cmd.append("--quick")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    if done.returncode != 0:
-        raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1:] or "failed")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    if not os.environ.get("RTCHUB_NETNS"):
-        print("refusing to send media outside a private namespace: run through tools/netns-run",
-              file=sys.stderr)
-        return 2
-    print(json.dumps(asyncio.run(measure(args.quick))))
-    return 0
+    return netns.run_in_namespace("rtchub.bench.auto", quick, timeout=1200)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(netns.namespace_main(__doc__ or "", measure))

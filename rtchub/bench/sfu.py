@@ -22,9 +22,7 @@ Janus are real processes (``rtchub serve --sfu local``), measured with psutil.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -34,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from rtchub.bench import netns
 
 ROOT = Path(__file__).resolve().parents[2]
 WIDTH, HEIGHT, FPS = 320, 240, 30
@@ -262,29 +262,8 @@ def run_in_namespace(quick: bool) -> dict[str, Any]:
     """Run :func:`measure` inside tools/netns-run (a private network namespace)."""
     if not shutil.which("janus"):
         raise RuntimeError("janus is not installed (make system-deps)")
-    cmd = [str(ROOT / "tools" / "netns-run"), sys.executable, "-m", "rtchub.bench.sfu"]
-    if quick:
-        cmd.append("--quick")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1:] or "failed")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    if not os.environ.get("RTCHUB_NETNS"):
-        print("refusing to send media outside a private namespace: run through tools/netns-run",
-              file=sys.stderr)
-        return 2
-    import logging
-
-    logging.basicConfig(level=logging.ERROR)
-    print(json.dumps(asyncio.run(measure(args.quick))))
-    return 0
+    return netns.run_in_namespace("rtchub.bench.sfu", quick, timeout=900)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(netns.namespace_main(__doc__ or "", measure))

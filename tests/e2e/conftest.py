@@ -34,23 +34,12 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
 
+from rtchub.bench import netns
 from tests.conftest import Servers
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    # LocalNetworkAccessChecks: a page served by page.route() has no address
-    # space of its own, and Chromium would then refuse its requests to 127.0.0.1.
-    "--disable-features=WebRtcHideLocalIpsWithMdns,LocalNetworkAccessChecks",
-    "--autoplay-policy=no-user-gesture-required",
-    # Background tabs must keep their timers and media running: every page
-    # of a test is "in the background" except one.
-    "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-]
+# One list of flags for the tests and the media benchmarks (rtchub.bench.netns).
+CHROMIUM = netns.CHROMIUM
+FLAGS = netns.CHROMIUM_FLAGS
 PAGES = Path(__file__).parent / "pages"
 #: What Chromium logs on its own when a connection is refused or aborted.
 NETWORK_ERROR = re.compile(
