@@ -26,13 +26,9 @@ leaves the private namespace) and prints one JSON line.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -78,42 +74,11 @@ DOWNLINK = """async () => { const pc = rtchubDemo.call.sfu.sub; const r = await 
   return { bytes: b, t: performance.now() }; }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
+class Server(netns.SfuServer):
     """``rtchub serve --sfu local`` (media mode ``auto``, the default with an SFU)."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
-        exe = shutil.which("rtchub", path=str(Path(sys.executable).parent)) or "rtchub"
-        self.proc = subprocess.Popen(
-            [exe, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--stun-port", "0",
-             "--sfu", "local", "--sfu-ice-ip", os.environ["RTCHUB_NETNS"], "--max-msg-rate", "0",
-             "--max-joins-per-second", "0", "--auto-p2p-after", str(P2P_AFTER),
-             "--log-level", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().__init__("--auto-p2p-after", str(P2P_AFTER))
 
 
 async def _page(browser: Any, url: str) -> Any:

@@ -15,8 +15,11 @@ import asyncio
 import json
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -63,3 +66,40 @@ def namespace_main(doc: str, measure: Callable[[bool], Coroutine[Any, Any, dict[
     logging.basicConfig(level=logging.ERROR)
     print(json.dumps(asyncio.run(measure(args.quick))))
     return 0
+
+
+class SfuServer:
+    """``rtchub serve --sfu local`` as a child process in the namespace, limits off.
+
+    ``extra`` are more ``rtchub serve`` flags (the ``auto`` scenario shortens
+    ``--auto-p2p-after``).
+    """
+
+    def __init__(self, *extra: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        exe = shutil.which("rtchub", path=str(Path(sys.executable).parent)) or "rtchub"
+        self.proc = subprocess.Popen(
+            [exe, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--stun-port", "0",
+             "--sfu", "local", "--sfu-ice-ip", os.environ["RTCHUB_NETNS"], "--max-msg-rate", "0",
+             "--max-joins-per-second", "0", "--log-level", "warning", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

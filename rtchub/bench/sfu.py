@@ -23,28 +23,17 @@ Janus are real processes (``rtchub serve --sfu local``), measured with psutil.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from rtchub.bench import netns
 
-ROOT = Path(__file__).resolve().parents[2]
 WIDTH, HEIGHT, FPS = 320, 240, 30
 SUBSCRIBERS = 4
 WINDOW = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -54,31 +43,14 @@ def _pct(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-class Server:
-    """``rtchub serve --sfu local`` as a child process."""
+class Server(netns.SfuServer):
+    """``rtchub serve --sfu local`` as a child process, watched with psutil."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
-        exe = shutil.which("rtchub", path=str(Path(sys.executable).parent)) or "rtchub"
-        self.proc = subprocess.Popen(
-            [exe, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--stun-port", "0",
-             "--sfu", "local", "--sfu-ice-ip", os.environ["RTCHUB_NETNS"], "--max-msg-rate", "0",
-             "--max-joins-per-second", "0", "--log-level", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        super().__init__()
         import psutil
 
         self.ps = psutil.Process(self.proc.pid)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def janus(self) -> Any:
         kids = [p for p in self.ps.children(recursive=True) if "janus" in p.name()]
@@ -87,13 +59,6 @@ class Server:
     def cpu(self, proc: Any) -> float:
         t = proc.cpu_times()
         return t.user + t.system
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 async def _first_frame_sfu(url: str, rounds: int) -> list[float]:
