@@ -101,3 +101,63 @@ def test_abuse_scenario_is_part_of_the_bench() -> None:
     s = abuse.summary([float(i) for i in range(1, 101)])
     assert (s["p50_ms"], s["p99_ms"], s["max_ms"], s["samples"]) == (50.0, 99.0, 100.0, 100)
     assert abuse.summary([])["samples"] == 0
+
+
+def _rate_run(p99_us: float) -> runner.ClientRun:
+    return runner.ClientRun(result={"msgsPerSec": 5000, "delivered": 25000,
+                                    "histogram": [[p99_us, 100]], "latencyMaxUs": p99_us},
+                            server_cpu=0.5)
+
+
+def test_alternating_runs_are_judged_on_the_median_of_their_pairs() -> None:
+    """Three alternating pairs: the table shows each run and the median, and a
+    target follows the median of the pair ratios, not one lucky or unlucky pair."""
+    from rtchub.bench.scenarios import SINGLE_BESIDE_CROSS, Plan, collapse_repeats, run_order
+
+    plan = Plan(quick=True, servers=("rtchub", "node-ws", "py-websockets"), repeats=3)
+    assert run_order("relay-rate", plan) == ["rtchub", "node-ws"] * 3 + ["py-websockets"]
+    assert run_order("join-storm", plan) == ["rtchub", "node-ws"] * 3 + ["py-websockets"]
+    assert run_order("relay", plan) == ["rtchub", "node-ws", "py-websockets"]
+    assert run_order("join-storm", Plan(quick=True, servers=("rtchub", "node-ws"), repeats=1)) == [
+        "rtchub", "node-ws"]
+
+    rows: dict = {}
+    # p99 ratios 0.5, 1.2, 1.1 (rtchub / Node): median 1.1 -> not met, though one pair passed.
+    for ours, theirs in ((500, 1000), (1200, 1000), (1100, 1000)):
+        metrics_for("relay-rate", "", "rtchub", _rate_run(ours), rows)
+        metrics_for("relay-rate", "", "node-ws", _rate_run(theirs), rows)
+    # joins/s ratios 1.7, 0.8, 1.05: median 1.05 -> met, though one pair failed.
+    for ours, theirs in ((1700, 1000), (800, 1000), (1050, 1000)):
+        metrics_for("join-storm", "", "rtchub", runner.ClientRun(result={"joinsPerSec": ours}), rows)
+        metrics_for("join-storm", "", "node-ws", runner.ClientRun(result={"joinsPerSec": theirs}), rows)
+    # single node then cross-node, three times: throughput 0.4, 0.55, 0.6; CPU 2.6, 2.4, 2.2.
+    for single, cross, cpu in ((100000, 40000, 2.6), (100000, 55000, 2.4), (100000, 60000, 2.2)):
+        run = runner.ClientRun(result={"msgsPerSec": single, "delivered": 1_000_000}, server_cpu=1.0)
+        metrics_for("relay", SINGLE_BESIDE_CROSS, "rtchub", run, rows)
+        run = runner.ClientRun(result={"msgsPerSec": cross, "delivered": 1_000_000}, server_cpu=cpu)
+        metrics_for("cross-node", "", "rtchub", run, rows)
+    out = list(rows.values())
+    targets = {t.name.split(" (")[0]: t for t in evaluate(out, quick=True, skipped={})}
+
+    vs_node = targets["p99 at 5,000 msgs/s against Node"]
+    assert vs_node.met is False and vs_node.value.startswith("1.10×")
+    assert "0.50, 1.20, 1.10" in vs_node.value
+    assert targets["p99 at 5,000 msgs/s"].value == "1.100 ms"  # the median of rtchub's three
+    assert targets["join-storm joins/s"].met is True
+    assert targets["join-storm joins/s"].value.startswith("1.05×")
+    assert targets["cross-node over Redis"].met is True
+    assert targets["cross-node over Redis"].value.startswith("0.55×")
+    cpu = targets["cross-node CPU per message"]
+    assert cpu.met is True and cpu.value.startswith("2.40×")
+
+    md = markdown_table(out, ["rtchub", "node-ws"])
+    assert "| join-storm | joins/s | 1,050 (1,700 / 800 / 1,050) | 1,000 (1,000 / 1,000 / 1,000) |" in md
+
+    raw = collapse_repeats({"join-storm": {"rtchub": [{"joins/s": 1.0}, {"joins/s": 3.0},
+                                                      {"joins/s": 2.0}],
+                                           "node-ws": [{"joins/s": 5.0}]},
+                            "sfu": {"p50": [1, 2, 3]}})
+    assert raw["join-storm"]["rtchub"]["joins/s"] == 2.0
+    assert len(raw["join-storm"]["rtchub"]["runs"]) == 3
+    assert raw["join-storm"]["node-ws"] == {"joins/s": 5.0}
+    assert raw["sfu"] == {"p50": [1, 2, 3]}

@@ -10,7 +10,8 @@ Sizes (full / ``--quick``):
 - ``idle``: 10,000 / 2,000 joined idle connections, server RSS growth per
   connection, compression off and on;
 - ``fanout``: one room of 200, ``message`` broadcast by 4 senders;
-- ``cross-node``: ``relay`` across two rtchub nodes sharing Redis;
+- ``cross-node``: ``relay`` across two rtchub nodes sharing Redis, alternating
+  with a single-node ``relay`` (the row "relay (beside cross-node)");
 - ``asgi``: ``relay`` on the native server and on rtchub mounted in a
   FastAPI app under uvicorn (:mod:`rtchub.bench.asgi_app`), one after the
   other in the same run: the ratio is what docs/asgi.md quotes;
@@ -22,6 +23,14 @@ Sizes (full / ``--quick``):
 - ``abuse``: rtchub alone, with its default limits: an honest client's
   ``ping`` -> ``pong`` time while each flood of issue 13 runs
   (:mod:`rtchub.bench.abuse`, 4 s / 2 s each), next to the idle figure.
+
+Alternating repeats (``Plan.repeats``, 3 unless ``--repeats`` says otherwise):
+the comparisons that one run cannot settle on a shared machine run as
+rtchub, Node, rtchub, Node, ... (``relay-rate``, ``join-storm``) and
+single node, cross-node, single node, cross-node, ... (``cross-node``). The
+table shows every run and their median; the targets are judged on the median
+of the ratios of each adjacent pair (rtchub.bench.cli.evaluate), so a slow
+spell of the machine that hits one pair moves one ratio, not the verdict.
 """
 
 from __future__ import annotations
@@ -32,9 +41,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from rtchub.bench import runner
-from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary
+from rtchub.bench.stats import CLIENT_BOUND, Metric, latency_summary, median
 
 log = logging.getLogger("rtchub.bench")
+
+#: Scenarios whose rtchub and Node runs alternate ``Plan.repeats`` times.
+ALTERNATING = ("relay-rate", "join-storm")
+#: The single-node relay run alternately with the cross-node one (its rows' label).
+SINGLE_BESIDE_CROSS = "beside cross-node"
 
 SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "asgi", "sfu",
              "auto", "abuse")
@@ -46,6 +60,8 @@ ASGI_SERVERS = ("rtchub", "rtchub-asgi")
 class Plan:
     quick: bool
     servers: tuple[str, ...]
+    #: Alternating runs of the comparisons in ALTERNATING and of cross-node.
+    repeats: int = 3
 
     def t(self, full: float, quick: float) -> float:
         return quick if self.quick else full
@@ -91,7 +107,7 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
     def put(name: str, unit: str, higher: bool, value: float | None, note: str = "") -> None:
         key = (scenario + (f" ({variant})" if variant else ""), name)
         metric = rows.setdefault(key, Metric(key[0], name, unit, higher))
-        metric.values[server] = value
+        metric.add(server, value)
         if note:
             metric.notes[server] = note
         raw[name] = value
@@ -219,13 +235,23 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
                 skipped[scenario] = why
                 say(f"cross-node: not run: {why}")
                 continue
-            try:
-                with runner.serving("rtchub-cluster") as server:
-                    run = runner.run_client(server, relay_config(plan))
-                raw[scenario] = {"rtchub": metrics_for(scenario, "", "rtchub", run, rows)}
-            except runner.BenchError as exc:
-                skipped[scenario] = f"failed: {str(exc).splitlines()[0]}"
-                say(f"cross-node: {skipped[scenario]}")
+            single = f"relay ({SINGLE_BESIDE_CROSS})"
+            for i in range(plan.repeats):
+                try:
+                    say(f"cross-node {i + 1}/{plan.repeats}: single node ...")
+                    with runner.serving("rtchub") as server:
+                        run = runner.run_client(server, relay_config(plan))
+                    raw.setdefault(single, {}).setdefault("rtchub", []).append(
+                        metrics_for("relay", SINGLE_BESIDE_CROSS, "rtchub", run, rows))
+                    say(f"cross-node {i + 1}/{plan.repeats}: two nodes and Redis ...")
+                    with runner.serving("rtchub-cluster") as server:
+                        run = runner.run_client(server, relay_config(plan))
+                    raw.setdefault(scenario, {}).setdefault("rtchub", []).append(
+                        metrics_for(scenario, "", "rtchub", run, rows))
+                except runner.BenchError as exc:
+                    skipped[scenario] = f"failed: {str(exc).splitlines()[0]}"
+                    say(f"cross-node: {skipped[scenario]}")
+                    break
             continue
         if scenario == "asgi":
             for kind in ASGI_SERVERS:
@@ -241,21 +267,55 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
             continue
         for variant, cfg, server_opts in configs[scenario]:
             label = scenario + (f" ({variant})" if variant else "")
-            for server_kind in plan.servers:
+            for server_kind in run_order(scenario, plan):
                 say(f"{label}: {server_kind} ...")
                 try:
                     with runner.serving(server_kind, **server_opts) as server:
                         run = runner.run_client(server, cfg)
                 except runner.BenchError as exc:
                     say(f"{label}: {server_kind} failed: {exc}")
-                    raw.setdefault(label, {})[server_kind] = {"error": str(exc)[:2000]}
+                    raw.setdefault(label, {}).setdefault(server_kind, []).append(
+                        {"error": str(exc)[:2000]})
+                    for m in rows.values():  # keeps the alternating runs paired by position
+                        if m.scenario == label and server_kind in m.runs:
+                            m.add(server_kind, None)
                     continue
-                raw.setdefault(label, {})[server_kind] = metrics_for(scenario, variant, server_kind, run,
-                                                                     rows)
+                raw.setdefault(label, {}).setdefault(server_kind, []).append(
+                    metrics_for(scenario, variant, server_kind, run, rows))
                 if run.result.get("errors"):
                     say(f"  {server_kind}: {run.result['errors']} error messages, last "
                         f"{run.result.get('lastError')}")
-    return {"rows": list(rows.values()), "raw": raw, "skipped": skipped}
+    return {"rows": list(rows.values()), "raw": collapse_repeats(raw), "skipped": skipped}
+
+
+def run_order(scenario: str, plan: Plan) -> list[str]:
+    """The servers of one scenario in the order they run: rtchub and Node alternate
+    ``plan.repeats`` times in the ALTERNATING scenarios, the others run once after."""
+    servers = list(plan.servers)
+    if scenario not in ALTERNATING or plan.repeats < 2 or not {"rtchub", "node-ws"} <= set(servers):
+        return servers
+    rest = [s for s in servers if s not in ("rtchub", "node-ws")]
+    return ["rtchub", "node-ws"] * plan.repeats + rest
+
+
+def collapse_repeats(raw: dict[str, Any]) -> dict[str, Any]:
+    """The JSON results: one dict per scenario and server, as before; for a server
+    that ran several times, the medians of its numbers plus ``runs`` (each run)."""
+    out: dict[str, Any] = {}
+    for label, by_server in raw.items():
+        out[label] = {}
+        for server, got in by_server.items():
+            if not (isinstance(got, list) and got and all(isinstance(r, dict) for r in got)):
+                out[label][server] = got  # sfu, auto, abuse: their own layout
+            elif len(got) == 1:
+                out[label][server] = got[0]
+            else:
+                keys = {k for r in got for k, v in r.items() if isinstance(v, int | float)
+                        and not isinstance(v, bool)}
+                merged: dict[str, Any] = {k: median(r.get(k) for r in got) for k in sorted(keys)}
+                merged["runs"] = got
+                out[label][server] = merged
+    return out
 
 
 def run_abuse(plan: Plan, rows: dict[tuple[str, str], Metric],

@@ -9,6 +9,7 @@ bench/node/loadgen.js), which keeps p99 exact to the bucket at any rate.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,22 @@ def fmt_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
+def median(values: Iterable[float | None]) -> float | None:
+    """The median of the measured values (``None`` ones left out), ``None`` if none.
+
+    The alternating repeats of ``rtchub bench`` are judged on this: on a
+    shared machine one run in three is often disturbed, and the median
+    ignores it whichever way it went.
+    """
+    got = [v for v in values if v is not None]
+    return statistics.median(got) if got else None
+
+
+def pair_ratios(a: Sequence[float | None], b: Sequence[float | None]) -> list[float | None]:
+    """``a[i] / b[i]`` for runs made one after the other (an alternating repeat)."""
+    return [ratio(x, y) for x, y in zip(a, b, strict=False)]
+
+
 @dataclass
 class Metric:
     """One row of the results table."""
@@ -91,6 +108,24 @@ class Metric:
     higher_better: bool
     values: dict[str, float | None] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    #: Every run of a server, in the order measured, when it ran more than once
+    #: (alternating repeats); ``values`` then holds their median.
+    runs: dict[str, list[float | None]] = field(default_factory=dict)
+
+    def add(self, server: str, value: float | None) -> None:
+        """One more measurement of ``server``: the value shown is the median of all of them."""
+        got = self.runs.setdefault(server, [])
+        got.append(value)
+        self.values[server] = value if len(got) == 1 else median(got)
+
+    def cell(self, server: str) -> str:
+        """The table cell: the value, or ``median (run 1 / run 2 / ...)`` for repeats."""
+        text = fmt_num(self.values.get(server))
+        got = self.runs.get(server, [])
+        if len(got) > 1:
+            text += " (" + " / ".join(fmt_num(v) for v in got) + ")"
+        note = self.notes.get(server)
+        return f"{text} {note}" if note else text
 
     def vs_node(self) -> float | None:
         return ratio(self.values.get("rtchub"), self.values.get("node-ws"))
@@ -120,10 +155,7 @@ def markdown_table(metrics: Iterable[Metric], servers: Sequence[str] = SERVERS) 
              "|" + "|".join(["---", "---"] + ["---:"] * (len(servers) + 1)) + "|"]
     for m in metrics:
         cells = [m.scenario, f"{m.name} ({m.unit})" if m.unit else m.name]
-        for s in servers:
-            text = fmt_num(m.values.get(s))
-            note = m.notes.get(s)
-            cells.append(f"{text} {note}" if note else text)
+        cells += [m.cell(s) for s in servers]
         cells.append(fmt_ratio(m.vs_node()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -141,9 +173,7 @@ def text_table(metrics: Iterable[Metric], servers: Sequence[str] = SERVERS) -> s
     rows = [["scenario", "metric"] + list(servers) + ["vs node"]]
     for m in metrics:
         row = [m.scenario, f"{m.name} ({m.unit})" if m.unit else m.name]
-        for s in servers:
-            note = m.notes.get(s)
-            row.append(fmt_num(m.values.get(s)) + (f" {note}" if note else ""))
+        row += [m.cell(s) for s in servers]
         row.append(fmt_ratio(m.vs_node()))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
