@@ -109,6 +109,12 @@ return {e.v, redis.call('HGETALL', rk)}
 # session's inbox. One script, so a node subscribing concurrently either gets
 # the message or finds it in the inbox it drains after subscribing. The layout
 # of a delivery op comes from rtchub.broker.ops (tests/test_ops.py pins it).
+#
+# A flush first sends a batch with a plain PUBLISH and runs this script only
+# when that reached nobody (RedisBroker.run): every string given to Lua is
+# hashed byte by byte when Redis interns it (this Redis' Lua hashes all of a
+# string, not a sample), and that hashing of whole batches was the largest
+# part of Redis' CPU in the cross-node profile (docs/benchmarks.notes.md).
 _FORWARD = """
 local p = ARGV[1]
 local n = redis.call('PUBLISH', p .. 'n:' .. ARGV[2], ARGV[3])
@@ -199,6 +205,11 @@ SCRIPTS = {"claim": _CLAIM, "unclaim": _UNCLAIM, "release": _RELEASE, "conn": _C
            "version": _VERSION, "mirror": _MIRROR, "mapset": _MAPSET}
 
 
+async def _as_is(response: Any) -> Any:
+    """The pub/sub push handler: the message itself, not formatted (see ``_listen``)."""
+    return response
+
+
 def _pairs(flat: list[bytes]) -> dict[str, bytes]:
     return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
 
@@ -250,7 +261,10 @@ class RedisBroker(Broker):
 
     async def _listen(self) -> None:
         while True:
-            ps = self.sub.pubsub()
+            # Our own push handler: redis-py's default one logs every message at
+            # DEBUG by formatting it whole first (``"..." + str(response)``), which
+            # for a batch of ~1,000 deliveries was 8 % of a cluster node's time.
+            ps = self.sub.pubsub(push_handler_func=_as_is)
             try:
                 await ps.subscribe(self.channel)
                 self._subscribed.set()
@@ -350,10 +364,12 @@ class RedisBroker(Broker):
         try:
             async with self.r.pipeline(transaction=False) as p:
                 releases: list[tuple[int, str]] = []  # (index of its reply, room)
+                sends: list[tuple[int, Op]] = []  # (index of its reply, op)
                 for op in ops:
                     kind = op[0]
                     if kind == "send":
-                        p.evalsha(sha["forward"], 0, pfx, op[1], op[2], op[3] if len(op) > 3 else 60000)
+                        sends.append((len(p.command_stack), op))
+                        p.publish(f"{pfx}n:{op[1]}", op[2])
                     elif kind == "mirror":
                         _, batch, max_entries, ttl = op
                         flat = [x for sid, entries, seq in batch for x in (sid, seq, entries)]
@@ -399,6 +415,12 @@ class RedisBroker(Broker):
                 raise BrokerDown("scripts were flushed")
             if isinstance(res, Exception):
                 log.warning("broker op failed: %r", res)
+        # Batches nobody received: rerouted or parked by the script, which
+        # publishes once more first (the node may have just subscribed). Awaited
+        # here, so the next flush's batches cannot overtake them.
+        for i, op in sends:
+            if results[i] == 0:
+                await self._eval("forward", op[1], op[2], op[3] if len(op) > 3 else 60000)
         return [room for i, room in releases if results[i] == 2]
 
     async def request(self, node: str, payload: bytes) -> int:
