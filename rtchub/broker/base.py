@@ -72,8 +72,9 @@ ANY: Any = object()
 #:   no node listens, every delivery op in it is rerouted to the session's
 #:   current node or put in the session's inbox (*atomic*).
 #: - ``("mirror", [(sid, entries, seq), ...], max_entries, ttl_ms)``: for each
-#:   session, append to its buffer mirror, keep the last ``max_entries``,
-#:   record ``seq`` (one op per flush: an engine can do it in one call).
+#:   session, append to its buffer mirror, keep the last ``max_entries`` (one
+#:   op per flush: an engine can do it in one call). ``seq`` is the session's
+#:   seq now; an engine may record it or not: the last entry carries it too.
 #: - ``("meta", sid, fields, ttl_ms)``: write fields of the session record.
 #: - ``("drop", sid)``: forget the session (record, mirror, inbox).
 #: - ``("release", room, uid, sid)``: remove the directory entry if ``sid`` holds it.

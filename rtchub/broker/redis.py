@@ -23,9 +23,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
 import orjson
 import redis.asyncio as aioredis
+from hiredis import pack_command
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
@@ -36,6 +36,9 @@ from rtchub.broker.ops import DELIVER_FIRST_SID, DELIVER_TAG
 log = logging.getLogger("rtchub.broker")
 
 PREFIX = "rtchub:"
+#: What frames a mirror (RedisBroker._mirror): no replies in between.
+_REPLY_OFF = pack_command(("CLIENT", "REPLY", "OFF"))
+_REPLY_ON = pack_command(("CLIENT", "REPLY", "ON"))
 
 _CLAIM = """
 local p = ARGV[1]
@@ -170,30 +173,6 @@ redis.call('DEL', ik)
 return inbox
 """
 
-# Every session's mirror of one flush in one call: the flush of a busy node
-# covers hundreds of sessions, and five commands per session (RPUSH, LTRIM,
-# HSET, 2x PEXPIRE) cost more Python encoding and reply parsing than the
-# messages themselves (profile in docs/benchmarks.md). ARGV[4] is a msgpack
-# array [sid, seq, [entries...], sid, seq, [...], ...]. A list or record this
-# call creates gets the TTL; existing ones keep theirs, refreshed by "touch".
-_MIRROR = """
-local p, limit, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local batch = cmsgpack.unpack(ARGV[4])
-for i = 1, #batch, 3 do
-  local sid, entries = batch[i], batch[i + 2]
-  local bk = p .. 'b:' .. sid
-  local n = 0
-  for j = 1, #entries, 1000 do
-    n = redis.call('RPUSH', bk, unpack(entries, j, math.min(j + 999, #entries)))
-  end
-  if n == #entries then redis.call('PEXPIRE', bk, ttl) end
-  if n > limit then redis.call('LTRIM', bk, -limit, -1) end
-  local sk = p .. 's:' .. sid
-  if redis.call('HSET', sk, 'seq', batch[i + 1]) == 1 then redis.call('PEXPIRE', sk, ttl) end
-end
-return 1
-"""
-
 _VERSION = """
 local k = ARGV[1] .. 'jv'
 if tonumber(redis.call('GET', k) or '0') < tonumber(ARGV[2]) then redis.call('SET', k, ARGV[2]) end
@@ -202,7 +181,7 @@ return 1
 
 SCRIPTS = {"claim": _CLAIM, "unclaim": _UNCLAIM, "release": _RELEASE, "conn": _CONN,
            "move": _MOVE, "forward": _FORWARD, "take": _TAKE, "drain": _DRAIN,
-           "version": _VERSION, "mirror": _MIRROR, "mapset": _MAPSET}
+           "version": _VERSION, "mapset": _MAPSET}
 
 
 async def _as_is(response: Any) -> Any:
@@ -371,10 +350,8 @@ class RedisBroker(Broker):
                         sends.append((len(p.command_stack), op))
                         p.publish(f"{pfx}n:{op[1]}", op[2])
                     elif kind == "mirror":
-                        _, batch, max_entries, ttl = op
-                        flat = [x for sid, entries, seq in batch for x in (sid, seq, entries)]
-                        p.evalsha(sha["mirror"], 0, pfx, max_entries, ttl,
-                                  msgpack.packb(flat, use_bin_type=False))
+                        # Written before the pipeline (see _mirror): in order.
+                        await self._mirror(op)
                     elif kind == "meta":
                         sk = f"{pfx}s:{op[1]}"
                         p.hset(sk, mapping=op[2])
@@ -422,6 +399,44 @@ class RedisBroker(Broker):
             if results[i] == 0:
                 await self._eval("forward", op[1], op[2], op[3] if len(op) > 3 else 60000)
         return [room for i, room in releases if results[i] == 2]
+
+    async def _mirror(self, op: Op) -> None:
+        """One flush's mirror: RPUSH, LTRIM and PEXPIRE per session, sent at once
+        with replies off, then waited for (one round trip).
+
+        Not a Lua script: Lua hashes every byte of every string it is given, and
+        a mirror is every relayed body again; that hashing was most of Redis' CPU
+        in the cross-node profile (docs/benchmarks.notes.md). Not redis-py
+        commands either: its pipeline costs ~10 µs of Python per reply, and a
+        flush mirrors hundreds of sessions. ``CLIENT REPLY OFF`` leaves one reply
+        (the ``OK`` of ``CLIENT REPLY ON``) for the whole mirror. The session's
+        seq is not written: it is the last mirrored entry's (handover._restore
+        takes the larger of the record's and the entries').
+        """
+        _, batch, max_entries, ttl = op
+        pfx = self.p
+        limit = -int(max_entries)
+        parts = [_REPLY_OFF]
+        for sid, entries, _seq in batch:
+            bk = f"{pfx}b:{sid}"
+            parts.append(pack_command(("RPUSH", bk, *entries)))
+            parts.append(pack_command(("LTRIM", bk, limit, -1)))
+            parts.append(pack_command(("PEXPIRE", bk, ttl)))
+        parts.append(_REPLY_ON)
+        pool = self.r.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(b"".join(parts), check_health=False)
+            reply = await conn.read_response()
+        except BaseException:
+            # Never hand back a connection that may still have replies off.
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+        if isinstance(reply, Exception):
+            raise reply
 
     async def request(self, node: str, payload: bytes) -> int:
         try:
