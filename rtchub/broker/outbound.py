@@ -60,7 +60,10 @@ class Outbound:
         self._last: dict[str, Outgoing] = {}
         self.cmds: list[Op] = []
         self.retry_sends: list[Op] = []
-        self.mirror: list[tuple[Session, int, Outgoing, str | None]] = []
+        #: What to mirror at the next flush: session id -> (session, entries
+        #: ``b"<seq> <delivery id or -> <body>"``), grouped as they are made (one
+        #: Redis command per session per flush, and no second pass over them).
+        self.mirror: dict[str, tuple[Session, list[bytes]]] = {}
         self.meta_known: set[str] = set()
         self.epoch = secrets.token_hex(4)
         self.batch_no = 0
@@ -87,7 +90,11 @@ class Outbound:
             return
         self.hub.deliver(session, out)
         if self.ready:
-            self.mirror.append((session, session.seq, out, self.did))
+            rec = self.mirror.get(session.id)
+            if rec is None:
+                rec = self.mirror[session.id] = (session, [])
+            did = self.did
+            rec[1].append(b"%d %s %s" % (session.seq, did.encode() if did else b"-", out.json))
             if not self._kicked:
                 self.kick()
 
@@ -181,13 +188,8 @@ class Outbound:
         """Everything queued, in the order that keeps it correct: mirror, commands, publishes."""
         ops: list[Op] = []
         if self.mirror:
-            grouped: dict[str, tuple[Session, list[bytes]]] = {}
-            for session, seq, out, did in self.mirror:
-                rec = grouped.get(session.id)
-                if rec is None:
-                    rec = grouped[session.id] = (session, [])
-                rec[1].append(b"%d %s %s" % (seq, (did or "-").encode(), out.json))
-            self.mirror.clear()
+            grouped = self.mirror
+            self.mirror = {}
             for sid, (session, _) in grouped.items():
                 if sid not in self.meta_known and not session.ended:
                     ops.append(("meta", sid, self.meta(session), self.ttl_ms))
