@@ -188,9 +188,10 @@ class Cluster(HubObserver):
 
     def _on_deliver(self, op: ops.Deliver) -> None:
         out = Outgoing.relayed(op.body)
+        self.stats["deliveries"] += len(op.sids)
+        room, minv, did, deliver = op.room, op.minv, op.did, self.deliver
         for sid in op.sids:
-            self.stats["deliveries"] += 1
-            self.deliver(sid, op.room, op.minv, out, op.did)
+            deliver(sid, room, minv, out, did)
 
     def deliver(self, sid: str, room: str, minv: int, out: Outgoing, did: str | None) -> None:
         """Hand a forwarded message to local session ``sid`` (which numbers it)."""
