@@ -19,8 +19,10 @@ Tokens: the JWT must grant the room (``rooms``) and not deny ``canPublish``;
 the server API key is accepted too (a backend publishing). Status codes
 follow RFC 9725 and RFC 9110: 401 without/with a bad token, 403 when the
 token does not grant the room or publishing, 415 for a body that is not
-``application/sdp``, 400 for an offer the SFU refuses, 404 for an unknown
-session, 503 when there is no SFU.
+``application/sdp``, 400 for an offer the SFU refuses, 422 for an offer with
+a track in a codec the room does not take (VP8 or H.264 video, Opus audio:
+:mod:`rtchub.sfu.codecs`; RFC 9725 wants the whole offer refused, not
+answered in part), 404 for an unknown session, 503 when there is no SFU.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from aiohttp import web
 from rtchub.auth.gate import bearer_token
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.session import Session
+from rtchub.sfu.codecs import refused
 
 if TYPE_CHECKING:
     from rtchub.app import RtcHub
@@ -46,7 +49,8 @@ log = logging.getLogger("rtchub.media")
 ANSWER_TIMEOUT = 15.0
 #: Hub error codes as HTTP statuses.
 STATUS = {"forbidden": 403, "unauthorized": 401, "bad-sdp": 400, "invalid-message": 400,
-          "room-full": 503, "sfu-unavailable": 503, "wrong-media-mode": 409, "rate-limited": 429}
+          "room-full": 503, "sfu-unavailable": 503, "wrong-media-mode": 409, "rate-limited": 429,
+          "unsupported-codec": 422}
 
 
 class WhipSink:
@@ -184,6 +188,10 @@ class WhipEndpoint:
             msg = await asyncio.wait_for(answered, ANSWER_TIMEOUT)
             if msg["type"] == "error":
                 raise _Refused(msg)
+            why = refused(offer, {t["mid"] for t in msg.get("tracks", [])})
+            if why:
+                raise _Refused({"code": "unsupported-codec",
+                                "message": "the SFU cannot take " + "; ".join(why)})
         except _Refused as exc:
             self.stats["refused"] += 1
             self.hub.end(session, "whip-refused")
