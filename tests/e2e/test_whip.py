@@ -33,7 +33,8 @@ async def test_whip_publisher_appears_in_the_room_and_delete_removes_it(make_ser
     aborts before it sends anything on these machines: it links libsoup 2,
     and webrtcbin's libnice pulls in libsoup 3 through gupnp-igd ("libsoup2
     symbols detected. Using libsoup2 and libsoup3 in the same process is not
-    supported"). So the outside client here is aiortc, speaking plain WHIP.
+    supported"). So the outside client here is aiortc, speaking plain WHIP; a
+    GStreamer publisher (webrtcbin + libnice) is in tests/e2e/test_whip_gstreamer.py.
     """
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
