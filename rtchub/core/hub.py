@@ -152,6 +152,11 @@ class Hub(ClusterState):
         #: single-node hot path costs one bound-method call, as before there
         #: were routers. Changed only by :meth:`use_router`.
         self.send: Callable[[Session, Outgoing], None] = self.deliver
+        #: Where transports hand every decoded message: ``receive(session, msg)``.
+        #: :meth:`handle` itself, or its timed wrapper once :meth:`time_receive`
+        #: hooks metrics in; stored on the instance like ``send`` so the untimed
+        #: path costs nothing extra.
+        self.receive: Callable[[Session, Any], None] = self.handle
         self.router: Router | None = None
         #: Sessions of other nodes that are members of our rooms ("stubs"): a
         #: room holds one per remote member, with ``node`` set to its node. They
@@ -216,23 +221,24 @@ class Hub(ClusterState):
             self.resume_elsewhere = router.resume_elsewhere
 
     def time_receive(self, observe: Callable[[float], None], types: frozenset[str] | set[str]) -> None:
-        """Time :meth:`receive` of messages of ``types`` into ``observe(seconds)`` (metrics).
+        """Time :meth:`handle` of messages of ``types`` into ``observe(seconds)`` (metrics).
 
-        Transports call ``hub.receive`` on the instance, so the timed version
-        is installed there; the cost per message is two ``perf_counter``
-        calls, and nothing at all when metrics are not hooked in.
+        Transports call ``hub.receive``; from now on that is a wrapper around
+        :meth:`handle`. The cost per message is two ``perf_counter`` calls, and
+        nothing at all when metrics are not hooked in.
         """
-        inner = Hub.receive.__get__(self)
+        handle = self.handle
         perf = time.perf_counter
 
-        def receive(session: Session, msg: Any) -> None:
+        def timed(session: Session, msg: Any) -> None:
             t0 = perf()
-            inner(session, msg)
+            handle(session, msg)
             # ``type`` may be any JSON value (a list is unhashable): check it is a str.
             if type(msg) is dict and type(mtype := msg.get("type")) is str and mtype in types:
                 observe(perf() - t0)
 
-        self.receive = receive  # type: ignore[method-assign]
+        self.receive = timed
+
     def register(self, mtype: str, handler: Handler) -> None:
         """Add a client message type (the SFU's ``publish``, ``subscribe``...).
 
@@ -429,8 +435,8 @@ class Hub(ClusterState):
             sink.close(code, reason)
 
     # ------------------------------------------------------------------- input
-    def receive(self, session: Session, msg: Any) -> None:
-        """Handle one decoded client message. Never raises for bad input.
+    def handle(self, session: Session, msg: Any) -> None:
+        """Handle one decoded client message (through ``receive``). Never raises for bad input.
 
         Every message costs a token first, whatever it is: a ``resume``, an
         unknown type or a malformed object costs the server as much to
