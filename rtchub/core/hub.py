@@ -115,7 +115,16 @@ class Hub(ClusterState):
         self.node_id = node_id or secrets.token_hex(4)
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
+        #: Read-only outside the hub: :meth:`add_observer` / :meth:`remove_observer`
+        #: change it, so the per-message hook list below stays in step.
         self.observers: list[HubObserver] = []
+        #: ``message_received`` of the observers that override it: the one
+        #: observer event fired for every message, so observers that leave it
+        #: as the base class's no-op cost nothing on the relay path (8 kinds of
+        #: observers exist; most only care about joins and sessions).
+        self._received_hooks: tuple[Callable[[Session, str], None], ...] = ()
+        #: Asked in order before a join completes; changed only through
+        #: :meth:`add_join_gate` / :meth:`remove_join_gate`.
         self.join_gates: list[JoinGate] = []
         #: ``authenticate(session, token) -> None`` raising ProtocolError when
         #: the token is refused; set by the auth layer. ``None`` = open mode.
@@ -209,6 +218,34 @@ class Hub(ClusterState):
     def set_room_cap(self, room_id: str, cap: int) -> None:
         """At most ``cap`` members in ``room_id`` instead of the settings' limits."""
         self.room_caps[room_id] = cap
+
+    def add_observer(self, observer: HubObserver) -> None:
+        """Tell ``observer`` about sessions, rooms, members and messages from now on."""
+        self.observers.append(observer)
+        self._observers_changed()
+
+    def remove_observer(self, observer: HubObserver) -> None:
+        if observer in self.observers:
+            self.observers.remove(observer)
+            self._observers_changed()
+
+    def add_join_gate(self, gate: JoinGate, *, first: bool = False) -> None:
+        """Ask ``gate`` before every join; ``first`` puts it ahead of the others
+        (room grants are checked before anything slower, such as a webhook)."""
+        if first:
+            self.join_gates.insert(0, gate)
+        else:
+            self.join_gates.append(gate)
+
+    def remove_join_gate(self, gate: JoinGate) -> None:
+        if gate in self.join_gates:
+            self.join_gates.remove(gate)
+
+    def _observers_changed(self) -> None:
+        base = HubObserver.message_received
+        self._received_hooks = tuple(
+            obs.message_received for obs in self.observers
+            if getattr(type(obs), "message_received", None) is not base)
 
     def use_router(self, router: Router | None) -> None:
         """Send through ``router`` from now on (``None``: back to :meth:`deliver`)."""
@@ -457,8 +494,8 @@ class Hub(ClusterState):
             # A resend after resume: accepted before, so acknowledge, never redeliver.
             self.send(session, Outgoing({"type": "ack", "id": msg_id, "duplicate": True}))
             return
-        for obs in self.observers:
-            obs.message_received(session, mtype)
+        for hook in self._received_hooks:
+            hook(session, mtype)
         try:
             self._handlers[mtype](session, msg, msg_id)
         except ProtocolError as err:
