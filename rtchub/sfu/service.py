@@ -196,7 +196,7 @@ class SfuService(HubObserver):
         self.on_publisher_hangup: list[Callable[[Session, str, str], None]] = []
         hub = self.hub
         hub.use_media_policy(self._media_policy)
-        hub.observers.append(self)
+        hub.add_observer(self)
         for mtype, handler in (
             ("publish", self._on_publish), ("unpublish", self._on_unpublish),
             ("subscribe", self._on_subscribe), ("unsubscribe", self._on_unsubscribe),
@@ -207,7 +207,7 @@ class SfuService(HubObserver):
             hub.register(mtype, handler)
         if self.clustered and self.servers:
             # Without an SFU every room is mesh: nothing to agree on, no broker round trip.
-            hub.join_gates.append(self._mode_gate)
+            hub.add_join_gate(self._mode_gate)
             assert app.cluster is not None
             app.cluster.remote_gone.append(self._remote_gone)
 
