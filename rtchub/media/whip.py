@@ -6,8 +6,9 @@ and a ``Location`` for the session (RFC 9725 section 4.2). ``DELETE`` on that
 location ends it (section 4.4); ``PATCH`` with ``application/trickle-ice-sdpfrag``
 (RFC 8840) trickles the client's candidates to Janus (section 4.3.1). An ICE
 restart through PATCH is not offered: Janus would need a new offer from the
-client, which WHIP's PATCH cannot carry, so it is refused with 501 as the RFC
-allows a server to do (section 4.3.2).
+client, which WHIP's PATCH cannot carry. A server that supports trickle ICE
+but not ICE restarts must answer such a PATCH with 422 (section 4.3.2), so
+that is what it gets.
 
 The stream is not a special case anywhere else: each WHIP session is an
 ordinary hub session (with a sink that hands messages back to the HTTP
@@ -234,7 +235,7 @@ class WhipEndpoint:
             return _problem(415, "PATCH takes application/trickle-ice-sdpfrag (RFC 8840)")
         frag = (await request.read()).decode(errors="replace")
         if request.headers.get("If-Match") == "*":
-            return _problem(501, "ICE restart is not offered: publish again with a new POST")
+            return _problem(422, "ICE restart is not offered: publish again with a new POST")
         mid: str | None = None
         for line in frag.splitlines():
             line = line.strip()

@@ -79,7 +79,7 @@ async def test_whip_publisher_appears_in_the_room_and_delete_removes_it(make_ser
                 assert r.status == 204
             async with http.patch(app.url + location, data=frag, headers={
                     **auth, "Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*"}) as r:
-                assert r.status == 501  # ICE restart: not offered, said so
+                assert r.status == 422  # ICE restart: trickle yes, restart no (RFC 9725 4.3.2)
             async with http.delete(app.url + location) as r:
                 assert r.status == 401  # the resource needs the session's token
             async with http.delete(app.url + location, headers=auth) as r:
