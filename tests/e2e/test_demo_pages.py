@@ -98,6 +98,19 @@ async def wait_online(page: Page) -> None:
     await page.wait_for_selector('#status[data-state="connected"]', timeout=15000)
 
 
+async def wait_members(app: Any, room_id: str, names: list[str], within_s: float = 15.0) -> None:
+    """Until the server's room ``room_id`` holds exactly the members called ``names``."""
+    deadline = asyncio.get_running_loop().time() + within_s
+
+    def now() -> list[str]:
+        room = app.hub.rooms.get(room_id)
+        return sorted(m.display_name for m in room.members.values()) if room else []
+
+    while now() != sorted(names):
+        assert asyncio.get_running_loop().time() < deadline, f"{room_id} holds {now()}, not {names}"
+        await asyncio.sleep(0.05)
+
+
 async def retry_until_online(page: Page, within_s: float = 30.0) -> None:
     """Click "Retry now" (as a user would) until the page is back online.
 
@@ -262,7 +275,7 @@ async def test_server_down_shows_reconnect_countdown_then_recovers(
     await shot(ana, "chat-reconnecting-laptop")
 
     assert await banner.locator('[data-action="retry"]').count() == 1
-    await make_e2e_server(port=port)
+    app2 = await make_e2e_server(port=port)
     # The backoff may have grown past the wait below while the server was
     # down (full jitter, doubling): "Retry now" tries at once; Ben's page
     # has no one clicking and reconnects on its own schedule (cap 30 s).
@@ -270,6 +283,10 @@ async def test_server_down_shows_reconnect_countdown_then_recovers(
     await retry_until_online(ana)
     await ben.wait_for_selector('#status[data-state="connected"]', timeout=35000)
     await banner.wait_for(state="detached", timeout=15000)
+    # "connected" comes with the new session's welcome; the page rejoins the
+    # room right after. A chat sent before Ben is back in the room is not his
+    # to get (rooms keep no history), so wait until the server has both.
+    await wait_members(app2, "resilient", ["Ana", "Ben"])
     await send_chat(ana, "still here after the restart")
     await ben.wait_for_selector('.msg:has-text("still here after the restart")', timeout=15000)
     # While the server was down the browser itself logs the refused
