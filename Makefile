@@ -4,13 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
-# Debian packages the tests drive for real, as binary=package pairs: only the
-# packages whose binary is missing get installed (node may come from elsewhere).
+# The GStreamer WHIP publisher of the tests (tests/e2e/gst_whip_publish.py, system
+# Python): PyGObject for GStreamer, the WebRTC/SDP typelibs, webrtcbin, libnice, encoders.
+GST_DEPS := /usr/lib/python3/dist-packages/gi/overrides/Gst.py=python3-gst-1.0 \
+	/usr/lib/*/girepository-1.0/GstWebRTC-1.0.typelib=gir1.2-gst-plugins-bad-1.0 \
+	/usr/lib/*/girepository-1.0/GstSdp-1.0.typelib=gir1.2-gst-plugins-base-1.0 \
+	/usr/lib/*/gstreamer-1.0/libgstwebrtc.so=gstreamer1.0-plugins-bad \
+	/usr/lib/*/gstreamer-1.0/libgstnice.so=gstreamer1.0-nice \
+	/usr/lib/*/gstreamer-1.0/libgstvpx.so=gstreamer1.0-plugins-good \
+	/usr/lib/*/gstreamer-1.0/libgstx264.so=gstreamer1.0-plugins-ugly
+# Debian packages the tests drive for real, as file=package pairs: only the
+# packages whose binary (or, for libraries, a file they install; a glob may stand
+# for the multiarch folder) is missing get installed (node may come from elsewhere).
 SYSTEM_DEPS := /usr/bin/chromium=chromium /usr/bin/redis-server=redis-server \
 	/usr/bin/turnserver=coturn /usr/bin/stun=stun-client /usr/bin/node=nodejs /usr/bin/npm=npm \
 	/usr/bin/unshare=util-linux /usr/sbin/ip=iproute2 /usr/sbin/nginx=nginx \
 	/usr/bin/janus=janus /usr/bin/janus-pp-rec=janus-tools /usr/bin/ffmpeg=ffmpeg \
-	/usr/bin/whip-client=simple-whip-client
+	/usr/bin/whip-client=simple-whip-client $(GST_DEPS)
 # What `make run` needs: Janus, so that an SFU call (--sfu local) works out of the box,
 # and ffmpeg / janus-pp-rec for recordings and broadcasts.
 RUN_DEPS := /usr/bin/janus=janus /usr/bin/janus-pp-rec=janus-tools /usr/bin/ffmpeg=ffmpeg
@@ -69,7 +79,7 @@ run-deps:
 
 install-deps:
 	@missing=""; for pair in $(DEPS); do bin=$${pair%%=*}; pkg=$${pair#*=}; \
-	  command -v $$(basename $$bin) >/dev/null 2>&1 || [ -x $$bin ] || missing="$$missing $$pkg"; done; \
+	  command -v $$(basename $$bin) >/dev/null 2>&1 || [ -e $$bin ] || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -424,8 +424,8 @@ class ConnectionLog(HubObserver):
 
 def setup_metrics(app: RtcHub, metrics: Metrics) -> None:
     """Hook ``metrics`` (built by the app) into the hub and serve ``GET /metrics``."""
-    app.hub.observers.append(metrics)
-    app.hub.observers.append(ConnectionLog())
+    app.hub.add_observer(metrics)
+    app.hub.add_observer(ConnectionLog())
     app.hub.time_receive(metrics.relay_latency.observe, TIMED_TYPES)
 
     async def metrics_handler(request: web.Request) -> web.Response:

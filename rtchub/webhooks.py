@@ -289,9 +289,9 @@ def setup_webhooks(app: RtcHub, sender: WebhookSender, hook: JoinHook | None) ->
     """Hook the webhook sender and, if configured, the join hook (both built by the app)."""
     app.services.append(sender)
     if sender.urls:
-        app.hub.observers.append(sender)
+        app.hub.add_observer(sender)
         if app.cluster is not None:
             app.cluster.watch_rooms(lambda room_id: sender.emit("room_finished", roomId=room_id))
     if hook is not None:
         app.services.append(hook)
-        app.hub.join_gates.append(hook.gate)
+        app.hub.add_join_gate(hook.gate)

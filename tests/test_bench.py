@@ -161,3 +161,40 @@ def test_alternating_runs_are_judged_on_the_median_of_their_pairs() -> None:
     assert len(raw["join-storm"]["rtchub"]["runs"]) == 3
     assert raw["join-storm"]["node-ws"] == {"joins/s": 5.0}
     assert raw["sfu"] == {"p50": [1, 2, 3]}
+
+
+def test_stage_of_a_sample_is_its_innermost_named_frame() -> None:
+    """The ``stages`` split (issue 14): each py-spy sample goes to the innermost
+    frame a rule names; C code under the loop alone is the loop's."""
+    from rtchub.bench import stages
+
+    loop = ["_run_module_as_main (<frozen runpy>:198)", "main (rtchub/cli.py:182)",
+            "Runner.run (asyncio/runners.py:118)"]
+    frame_in = [*loop, "PicowsEndpoint.on_ws_frame (ws.py:53)", "WsEndpoint.incoming (wsbase.py:124)"]
+    handle = [*frame_in, "Hub.time_receive.<locals>.timed (rtchub/core/hub.py:233)",
+              "Hub.handle (rtchub/core/hub.py:457)"]
+    assert stages.classify(loop) == stages.LOOP
+    assert stages.classify(frame_in).startswith("frame in")
+    assert stages.classify(handle).startswith("route")
+    assert stages.classify(handle[:-1]).startswith("metrics")
+    assert stages.classify([*handle, "message_type (rtchub/protocol/messages.py:88)"]).startswith("validate")
+    deliver = [*handle, "Hub._relay (rtchub/core/hub.py:783)", "Hub.deliver (rtchub/core/hub.py:306)"]
+    assert stages.classify(deliver).startswith("resume buffer")
+    assert stages.classify([*deliver, "Outgoing.json (rtchub/core/outgoing.py:33)"]).startswith("encode")
+    assert stages.classify([*deliver, "PicowsEndpoint.deliver (ws.py:85)"]).startswith("write")
+    assert stages.classify([*loop, "_Flusher.flush (coalesce.py:51)"]).startswith("write")
+    raw = ";".join(deliver) + " 3\n" + ";".join(loop) + " 1\nnot a sample line\n"
+    assert stages.tally(raw) == {"resume buffer, numbering (Hub.deliver)": 3, stages.LOOP: 1}
+
+
+def test_stage_profile_of_a_small_relay_adds_up() -> None:
+    """py-spy attaches to a real server under load and the split sums to the /proc total."""
+    from rtchub.bench import stages
+
+    runner.raise_nofile(4096)
+    profile = stages.profile_relay({"mode": "relay", "connections": 20, "roomSize": 2, "window": 4,
+                                    "warmup": 0.3, "duration": 1.0, "setupTimeout": 20}, rate=200)
+    assert profile.delivered > 0 and profile.total_samples > 0
+    split = profile.us_per_msg()
+    assert any(stage.startswith("route") for stage in split), split
+    assert abs(sum(split.values()) - profile.cpu_us_per_msg) < 1e-6 * max(1.0, profile.cpu_us_per_msg)

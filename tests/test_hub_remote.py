@@ -106,7 +106,7 @@ def test_release_hands_the_session_over_its_seats_become_stubs() -> None:
         def __getattr__(self, name: str) -> Any:
             return lambda *a: ended.append(a[1]) if name == "session_ended" else None
 
-    hub.observers.append(Obs())  # type: ignore[arg-type]
+    hub.add_observer(Obs())  # type: ignore[arg-type]
     sink, alice = joined(hub, "r", "alice")
     _, bob = joined(hub, "r", "bob")
     bob_frames = len(hub.sessions[bob.id].sink.frames)  # type: ignore[union-attr]

@@ -17,8 +17,10 @@ import pytest
 from rtchub.broker.memory import MemoryBroker
 from rtchub.broker.redis import RedisBroker
 from rtchub.core.hub import Hub
+from rtchub.media.hls import RtpInput
 from rtchub.protocol.errors import ProtocolError
 from rtchub.settings import Settings
+from rtchub.sfu.codecs import negotiated, offered, refused, rtp_sdp_lines
 from rtchub.sfu.placement import Placed, Placement, SharedState
 from rtchub.sfu.service import check_sdp, sdp_sections
 from tests.conftest import joined as raw_joined
@@ -78,6 +80,32 @@ def test_sdp_checks() -> None:
         with pytest.raises(ProtocolError) as info:
             check_sdp(bad, 1)
         assert info.value.code == "bad-sdp"
+
+
+def test_codecs_negotiated_offered_refused_and_written_for_ffmpeg() -> None:
+    # Janus's answer event to a publisher: one codec per mid; a disabled stream has none.
+    streams = [{"type": "audio", "mid": "0", "codec": "opus"}, {"type": "video", "mid": "1", "codec": "h264"},
+               {"type": "video", "mid": "2", "disabled": True}, "junk"]
+    assert negotiated(streams) == {"0": "opus", "1": "h264"}
+    assert negotiated(None) == {}
+    offer = ("v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+             "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n"
+             "m=video 9 UDP/TLS/RTP/SAVPF 98 99\r\na=mid:1\r\na=sendonly\r\n"
+             "a=rtpmap:98 VP9/90000\r\na=rtpmap:99 rtx/90000\r\n"
+             "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\n"
+             "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:3\r\n")
+    assert offered(offer) == [{"kind": "audio", "mid": "0", "codecs": ["opus"]},
+                              {"kind": "video", "mid": "1", "codecs": ["vp9"]}]
+    assert refused(offer, {"0", "1"}) == []
+    assert refused(offer, {"0"}) == ["video (mid 1) offers vp9; rooms take vp8, h264"]
+    assert rtp_sdp_lines(96, "h264") == ["a=rtpmap:96 H264/90000", "a=fmtp:96 packetization-mode=1"]
+    assert rtp_sdp_lines(96, "VP8") == ["a=rtpmap:96 VP8/90000"]
+    assert rtp_sdp_lines(111, "opus") == ["a=rtpmap:111 opus/48000/2"]
+    with pytest.raises(ValueError, match="av1"):
+        rtp_sdp_lines(96, "av1")
+    sdp = RtpInput("x", audio_port=5000, video_port=5002, video_codec="h264").sdp()
+    assert "m=video 5002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n" in sdp
+    assert "m=audio 5000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n" in sdp
 
 
 async def _placement_semantics(broker: Any) -> None:

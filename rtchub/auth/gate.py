@@ -312,9 +312,9 @@ class Gatekeeper:
         hub: Hub = app.hub
         self.hub = hub
         hub.use_authenticator(self.authenticate)
-        hub.join_gates.insert(0, room_grant_gate)
+        hub.add_join_gate(room_grant_gate, first=True)
         self.expiry = TokenClock(hub, self.settings)
-        hub.observers.append(self.expiry)
+        hub.add_observer(self.expiry)
         app.services.append(self.expiry)
 
     def authenticate(self, session: Session, token: str) -> None:

@@ -20,6 +20,8 @@ Sizes (full / ``--quick``):
 - ``auto``: longest video gap while a call moves p2p -> SFU -> p2p, and a
   10-person room's subscriber downlink with adaptive layers vs all-high
   (rtchub.bench.auto, Chromium pages inside tools/netns-run).
+- ``stages``: ``relay`` against rtchub alone, sampled by py-spy: the CPU
+  per message split by stage (:mod:`rtchub.bench.stages`).
 - ``abuse``: rtchub alone, with its default limits: an honest client's
   ``ping`` -> ``pong`` time while each flood of issue 13 runs
   (:mod:`rtchub.bench.abuse`, 4 s / 2 s each), next to the idle figure.
@@ -51,7 +53,7 @@ ALTERNATING = ("relay-rate", "join-storm")
 SINGLE_BESIDE_CROSS = "beside cross-node"
 
 SCENARIOS = ("relay", "relay-rate", "join-storm", "idle", "fanout", "cross-node", "asgi", "sfu",
-             "auto", "abuse")
+             "auto", "abuse", "stages")
 #: The two servers of the ``asgi`` scenario: the native one, then the ASGI mount.
 ASGI_SERVERS = ("rtchub", "rtchub-asgi")
 
@@ -189,6 +191,25 @@ def auto_rows(plan: Plan, rows: dict[tuple[str, str], Metric]) -> dict[str, Any]
     return r
 
 
+def stage_rows(plan: Plan, rows: dict[tuple[str, str], Metric]) -> dict[str, Any]:
+    """The relay's CPU per message by stage, as rows of the rtchub column (rtchub.bench.stages)."""
+    from rtchub.bench.stages import profile_relay
+
+    profile = profile_relay(relay_config(plan))
+
+    def put(name: str, value: float | None, unit: str = "µs") -> None:
+        metric = rows.setdefault(("stages", name), Metric("stages", name, unit, False))
+        metric.values["rtchub"] = value
+
+    put("server CPU per msg (all stages, /proc)", profile.cpu_us_per_msg)
+    split = profile.us_per_msg()
+    for stage, us in split.items():
+        put(f"by stage: {stage}", us)
+    put("py-spy samples behind the split", profile.total_samples, "")
+    return {"cpu_us_per_msg": profile.cpu_us_per_msg, "delivered": profile.delivered,
+            "samples": dict(profile.samples), "us_per_msg": split}
+
+
 def broker_available() -> str | None:
     """Why cross-node cannot run, or None when ``--broker redis://`` is implemented."""
     import importlib.util
@@ -220,6 +241,14 @@ def run_all(plan: Plan, scenarios: list[str], say: Callable[[str], None]) -> dic
             except Exception as exc:  # Janus/Chromium missing, no namespace: say so, run the rest
                 skipped[scenario] = f"failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
                 say(f"auto: {skipped[scenario]}")
+            continue
+        if scenario == "stages":
+            say("stages: relay on rtchub, sampled by py-spy ...")
+            try:
+                raw[scenario] = stage_rows(plan, rows)
+            except runner.BenchError as exc:
+                skipped[scenario] = f"failed: {str(exc).splitlines()[0]}"
+                say(f"stages: {skipped[scenario]}")
             continue
         if scenario == "abuse":
             say("abuse: rtchub under each flood, an honest probe alongside ...")

@@ -140,8 +140,8 @@ class Cluster(HubObserver):
     async def start(self) -> None:
         hub = self.hub
         hub.use_router(self.router)
-        hub.observers.append(self)
-        hub.join_gates.append(self.directory.gate)
+        hub.add_observer(self)
+        hub.add_join_gate(self.directory.gate)
         await self.broker.start(self.node, self._on_message)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.out.flusher()), loop.create_task(self._beat())]
@@ -164,10 +164,8 @@ class Cluster(HubObserver):
         self.out.ready = False
         hub = self.hub
         hub.use_router(None)
-        with contextlib.suppress(ValueError):
-            hub.observers.remove(self)
-        with contextlib.suppress(ValueError):
-            hub.join_gates.remove(self.directory.gate)
+        hub.remove_observer(self)
+        hub.remove_join_gate(self.directory.gate)
 
     # ============================================================= inbound path
     def _on_message(self, payload: bytes) -> None:

@@ -115,7 +115,16 @@ class Hub(ClusterState):
         self.node_id = node_id or secrets.token_hex(4)
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
+        #: Read-only outside the hub: :meth:`add_observer` / :meth:`remove_observer`
+        #: change it, so the per-message hook list below stays in step.
         self.observers: list[HubObserver] = []
+        #: ``message_received`` of the observers that override it: the one
+        #: observer event fired for every message, so observers that leave it
+        #: as the base class's no-op cost nothing on the relay path (8 kinds of
+        #: observers exist; most only care about joins and sessions).
+        self._received_hooks: tuple[Callable[[Session, str], None], ...] = ()
+        #: Asked in order before a join completes; changed only through
+        #: :meth:`add_join_gate` / :meth:`remove_join_gate`.
         self.join_gates: list[JoinGate] = []
         #: ``authenticate(session, token) -> None`` raising ProtocolError when
         #: the token is refused; set by the auth layer. ``None`` = open mode.
@@ -152,6 +161,11 @@ class Hub(ClusterState):
         #: single-node hot path costs one bound-method call, as before there
         #: were routers. Changed only by :meth:`use_router`.
         self.send: Callable[[Session, Outgoing], None] = self.deliver
+        #: Where transports hand every decoded message: ``receive(session, msg)``.
+        #: :meth:`handle` itself, or its timed wrapper once :meth:`time_receive`
+        #: hooks metrics in; stored on the instance like ``send`` so the untimed
+        #: path costs nothing extra.
+        self.receive: Callable[[Session, Any], None] = self.handle
         self.router: Router | None = None
         #: Sessions of other nodes that are members of our rooms ("stubs"): a
         #: room holds one per remote member, with ``node`` set to its node. They
@@ -205,6 +219,34 @@ class Hub(ClusterState):
         """At most ``cap`` members in ``room_id`` instead of the settings' limits."""
         self.room_caps[room_id] = cap
 
+    def add_observer(self, observer: HubObserver) -> None:
+        """Tell ``observer`` about sessions, rooms, members and messages from now on."""
+        self.observers.append(observer)
+        self._observers_changed()
+
+    def remove_observer(self, observer: HubObserver) -> None:
+        if observer in self.observers:
+            self.observers.remove(observer)
+            self._observers_changed()
+
+    def add_join_gate(self, gate: JoinGate, *, first: bool = False) -> None:
+        """Ask ``gate`` before every join; ``first`` puts it ahead of the others
+        (room grants are checked before anything slower, such as a webhook)."""
+        if first:
+            self.join_gates.insert(0, gate)
+        else:
+            self.join_gates.append(gate)
+
+    def remove_join_gate(self, gate: JoinGate) -> None:
+        if gate in self.join_gates:
+            self.join_gates.remove(gate)
+
+    def _observers_changed(self) -> None:
+        base = HubObserver.message_received
+        self._received_hooks = tuple(
+            obs.message_received for obs in self.observers
+            if getattr(type(obs), "message_received", None) is not base)
+
     def use_router(self, router: Router | None) -> None:
         """Send through ``router`` from now on (``None``: back to :meth:`deliver`)."""
         self.router = router
@@ -216,23 +258,24 @@ class Hub(ClusterState):
             self.resume_elsewhere = router.resume_elsewhere
 
     def time_receive(self, observe: Callable[[float], None], types: frozenset[str] | set[str]) -> None:
-        """Time :meth:`receive` of messages of ``types`` into ``observe(seconds)`` (metrics).
+        """Time :meth:`handle` of messages of ``types`` into ``observe(seconds)`` (metrics).
 
-        Transports call ``hub.receive`` on the instance, so the timed version
-        is installed there; the cost per message is two ``perf_counter``
-        calls, and nothing at all when metrics are not hooked in.
+        Transports call ``hub.receive``; from now on that is a wrapper around
+        :meth:`handle`. The cost per message is two ``perf_counter`` calls, and
+        nothing at all when metrics are not hooked in.
         """
-        inner = Hub.receive.__get__(self)
+        handle = self.handle
         perf = time.perf_counter
 
-        def receive(session: Session, msg: Any) -> None:
+        def timed(session: Session, msg: Any) -> None:
             t0 = perf()
-            inner(session, msg)
+            handle(session, msg)
             # ``type`` may be any JSON value (a list is unhashable): check it is a str.
             if type(msg) is dict and type(mtype := msg.get("type")) is str and mtype in types:
                 observe(perf() - t0)
 
-        self.receive = receive  # type: ignore[method-assign]
+        self.receive = timed
+
     def register(self, mtype: str, handler: Handler) -> None:
         """Add a client message type (the SFU's ``publish``, ``subscribe``...).
 
@@ -429,8 +472,8 @@ class Hub(ClusterState):
             sink.close(code, reason)
 
     # ------------------------------------------------------------------- input
-    def receive(self, session: Session, msg: Any) -> None:
-        """Handle one decoded client message. Never raises for bad input.
+    def handle(self, session: Session, msg: Any) -> None:
+        """Handle one decoded client message (through ``receive``). Never raises for bad input.
 
         Every message costs a token first, whatever it is: a ``resume``, an
         unknown type or a malformed object costs the server as much to
@@ -451,8 +494,8 @@ class Hub(ClusterState):
             # A resend after resume: accepted before, so acknowledge, never redeliver.
             self.send(session, Outgoing({"type": "ack", "id": msg_id, "duplicate": True}))
             return
-        for obs in self.observers:
-            obs.message_received(session, mtype)
+        for hook in self._received_hooks:
+            hook(session, mtype)
         try:
             self._handlers[mtype](session, msg, msg_id)
         except ProtocolError as err:

@@ -58,7 +58,7 @@ class AudioMix(HubObserver):
         self._made: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.hub.register("mix", self._on_mix)
-        self.hub.observers.append(self)
+        self.hub.add_observer(self)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

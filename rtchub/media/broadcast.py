@@ -2,7 +2,9 @@
 
 For each publisher of the room, rtchub asks Janus to forward its audio and
 video as plain RTP to two free UDP ports on 127.0.0.1, with the payload
-types the broadcast's SDP declares (Opus 111, VP8 96). One
+types the broadcast's SDP declares (Opus 111, video 96) and the codec
+Janus negotiated with that publisher (VP8 or H.264, from the SFU's track
+directory, :meth:`rtchub.sfu.service.SfuService.feeds`). One
 :class:`~rtchub.media.hls.HlsBroadcast` composes them with the shared grid.
 
 Publishers come and go: a watcher compares the room's publishers every
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from rtchub.media.hls import PLAYLIST, HlsBroadcast, RtpInput
+from rtchub.sfu.codecs import AUDIO_CODECS, VIDEO_CODECS
 
 if TYPE_CHECKING:
     from rtchub.sfu.service import SfuService
@@ -87,7 +90,9 @@ class RoomBroadcast:
                              watch=f"/watch?room={self.room_id}", publishers=len(self.forwards),
                              started_at=self.hls.started_at)
 
-    async def _forward(self, feed: str, tracks: dict[str, str]) -> None:
+    async def _forward(self, feed: str, info: dict[str, Any]) -> None:
+        tracks: dict[str, str] = info["tracks"]
+        codecs: dict[str, str] = info.get("codecs", {})
         audio = next((mid for mid, kind in tracks.items() if kind == "audio"), None)
         video = next((mid for mid, kind in tracks.items() if kind == "video"), None)
         a_port = free_udp_port() if audio is not None else None
@@ -98,8 +103,12 @@ class RoomBroadcast:
         if video is not None:
             streams.append({"mid": video, "port": v_port, "pt": VIDEO_PT})
         ids = await self.sfu.rtp_forward(self.room_id, feed, streams)
+        # A track without a codec was announced by a node from before codecs were
+        # kept, when rooms took only the first one.
         self.forwards[feed] = (RtpInput(feed, audio_port=a_port, video_port=v_port,
-                                        audio_pt=AUDIO_PT, video_pt=VIDEO_PT), ids)
+                                        audio_pt=AUDIO_PT, video_pt=VIDEO_PT,
+                                        audio_codec=codecs.get(audio or "", AUDIO_CODECS[0]),
+                                        video_codec=codecs.get(video or "", VIDEO_CODECS[0])), ids)
 
     async def _unforward(self, feed: str) -> None:
         _, ids = self.forwards.pop(feed)
@@ -115,7 +124,7 @@ class RoomBroadcast:
             changed = True
         for feed, info in feeds.items():
             if feed not in self.forwards:
-                await self._forward(feed, info["tracks"])
+                await self._forward(feed, info)
                 changed = True
         return changed
 

@@ -1,10 +1,11 @@
 """HLS out (issue 18): one ffmpeg composes RTP inputs into a rolling HLS playlist; /live serves it.
 
 Inputs are plain RTP on local UDP ports, described by an SDP file per
-publisher (what Janus ``rtp_forward`` sends: Opus and VP8 with the VideoRoom's
-payload types). ffmpeg lays them out with :func:`rtchub.media.layout.live_graph`
-(the same grid as the composed recording), encodes H.264 + AAC and writes
-MPEG-TS segments of :data:`SEGMENT_SECONDS` with a rolling playlist
+publisher (what Janus ``rtp_forward`` sends: Opus, and VP8 or H.264 as that
+publisher negotiated it, on the payload types the forwarder was given;
+:mod:`rtchub.sfu.codecs` writes the codec lines). ffmpeg lays them out with
+:func:`rtchub.media.layout.live_graph` (the same grid as the composed
+recording), encodes H.264 + AAC and writes MPEG-TS segments of :data:`SEGMENT_SECONDS` with a rolling playlist
 (RFC 8216): old segments are deleted, the playlist keeps :data:`LIST_SIZE`.
 
 Each run names its segments ``<run>-<n>.ts`` with a fresh run id, so a
@@ -38,6 +39,7 @@ from aiohttp import web
 
 from rtchub.api.models import ID_REGEX
 from rtchub.media.layout import Tile, live_graph, output_args
+from rtchub.sfu.codecs import rtp_sdp_lines
 
 if TYPE_CHECKING:
     from rtchub.app import RtcHub
@@ -68,7 +70,9 @@ class RtpInput:
     video_port: int | None = None
     audio_pt: int = 111
     video_pt: int = 96
-    video_codec: str = "VP8"
+    #: Janus codec names (``opus``, ``vp8``, ``h264``): what the publisher sends.
+    audio_codec: str = "opus"
+    video_codec: str = "vp8"
     host: str = "127.0.0.1"
 
     def sdp(self) -> str:
@@ -76,10 +80,10 @@ class RtpInput:
                  f"c=IN IP4 {self.host}", "t=0 0"]
         if self.audio_port:
             lines += [f"m=audio {self.audio_port} RTP/AVP {self.audio_pt}",
-                      f"a=rtpmap:{self.audio_pt} opus/48000/2"]
+                      *rtp_sdp_lines(self.audio_pt, self.audio_codec)]
         if self.video_port:
             lines += [f"m=video {self.video_port} RTP/AVP {self.video_pt}",
-                      f"a=rtpmap:{self.video_pt} {self.video_codec}/90000"]
+                      *rtp_sdp_lines(self.video_pt, self.video_codec)]
         return "\r\n".join(lines) + "\r\n"
 
 

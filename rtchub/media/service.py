@@ -90,7 +90,7 @@ class MediaService(HubObserver):
         #: room id -> its broadcast (kept after it ends, to show how it ended, until the next).
         self.broadcasts: dict[str, RoomBroadcast] = {}
         self.hub = app.hub
-        self.hub.observers.append(self)
+        self.hub.add_observer(self)
         self.hub.register("record", self._on_record)
 
     # ------------------------------------------------------------- the call

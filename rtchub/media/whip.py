@@ -6,8 +6,9 @@ and a ``Location`` for the session (RFC 9725 section 4.2). ``DELETE`` on that
 location ends it (section 4.4); ``PATCH`` with ``application/trickle-ice-sdpfrag``
 (RFC 8840) trickles the client's candidates to Janus (section 4.3.1). An ICE
 restart through PATCH is not offered: Janus would need a new offer from the
-client, which WHIP's PATCH cannot carry, so it is refused with 501 as the RFC
-allows a server to do (section 4.3.2).
+client, which WHIP's PATCH cannot carry. A server that supports trickle ICE
+but not ICE restarts must answer such a PATCH with 422 (section 4.3.2), so
+that is what it gets.
 
 The stream is not a special case anywhere else: each WHIP session is an
 ordinary hub session (with a sink that hands messages back to the HTTP
@@ -19,8 +20,10 @@ Tokens: the JWT must grant the room (``rooms``) and not deny ``canPublish``;
 the server API key is accepted too (a backend publishing). Status codes
 follow RFC 9725 and RFC 9110: 401 without/with a bad token, 403 when the
 token does not grant the room or publishing, 415 for a body that is not
-``application/sdp``, 400 for an offer the SFU refuses, 404 for an unknown
-session, 503 when there is no SFU.
+``application/sdp``, 400 for an offer the SFU refuses, 422 for an offer with
+a track in a codec the room does not take (VP8 or H.264 video, Opus audio:
+:mod:`rtchub.sfu.codecs`; RFC 9725 wants the whole offer refused, not
+answered in part), 404 for an unknown session, 503 when there is no SFU.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from aiohttp import web
 from rtchub.auth.gate import bearer_token
 from rtchub.core.outgoing import Outgoing
 from rtchub.core.session import Session
+from rtchub.sfu.codecs import refused
 
 if TYPE_CHECKING:
     from rtchub.app import RtcHub
@@ -46,7 +50,8 @@ log = logging.getLogger("rtchub.media")
 ANSWER_TIMEOUT = 15.0
 #: Hub error codes as HTTP statuses.
 STATUS = {"forbidden": 403, "unauthorized": 401, "bad-sdp": 400, "invalid-message": 400,
-          "room-full": 503, "sfu-unavailable": 503, "wrong-media-mode": 409, "rate-limited": 429}
+          "room-full": 503, "sfu-unavailable": 503, "wrong-media-mode": 409, "rate-limited": 429,
+          "unsupported-codec": 422}
 
 
 class WhipSink:
@@ -184,6 +189,10 @@ class WhipEndpoint:
             msg = await asyncio.wait_for(answered, ANSWER_TIMEOUT)
             if msg["type"] == "error":
                 raise _Refused(msg)
+            why = refused(offer, {t["mid"] for t in msg.get("tracks", [])})
+            if why:
+                raise _Refused({"code": "unsupported-codec",
+                                "message": "the SFU cannot take " + "; ".join(why)})
         except _Refused as exc:
             self.stats["refused"] += 1
             self.hub.end(session, "whip-refused")
@@ -226,7 +235,7 @@ class WhipEndpoint:
             return _problem(415, "PATCH takes application/trickle-ice-sdpfrag (RFC 8840)")
         frag = (await request.read()).decode(errors="replace")
         if request.headers.get("If-Match") == "*":
-            return _problem(501, "ICE restart is not offered: publish again with a new POST")
+            return _problem(422, "ICE restart is not offered: publish again with a new POST")
         mid: str | None = None
         for line in frag.splitlines():
             line = line.strip()

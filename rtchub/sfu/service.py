@@ -48,6 +48,7 @@ from rtchub.core.route import SFU as SFU_ROUTE
 from rtchub.core.session import Session
 from rtchub.protocol import messages as m
 from rtchub.protocol.errors import ErrorCode, ProtocolError
+from rtchub.sfu.codecs import AUDIO_CODECS, VIDEO_CODECS, negotiated
 from rtchub.sfu.janus import JanusConnection, JanusError, JanusGone
 from rtchub.sfu.placement import Placed, Placement, SharedState, peers_map
 from rtchub.sfu.supervisor import LocalJanus
@@ -195,7 +196,7 @@ class SfuService(HubObserver):
         self.on_publisher_hangup: list[Callable[[Session, str, str], None]] = []
         hub = self.hub
         hub.use_media_policy(self._media_policy)
-        hub.observers.append(self)
+        hub.add_observer(self)
         for mtype, handler in (
             ("publish", self._on_publish), ("unpublish", self._on_unpublish),
             ("subscribe", self._on_subscribe), ("unsubscribe", self._on_unsubscribe),
@@ -206,7 +207,7 @@ class SfuService(HubObserver):
             hub.register(mtype, handler)
         if self.clustered and self.servers:
             # Without an SFU every room is mesh: nothing to agree on, no broker round trip.
-            hub.join_gates.append(self._mode_gate)
+            hub.add_join_gate(self._mode_gate)
             assert app.cluster is not None
             app.cluster.remote_gone.append(self._remote_gone)
 
@@ -686,7 +687,8 @@ class SfuService(HubObserver):
                 await conn.message(handle, {
                     "request": "create", "room": placed.janus_room, "is_private": True,
                     "publishers": self.settings.max_sfu_room_members,
-                    "videocodec": "vp8", "audiocodec": "opus", "notify_joining": False,
+                    "videocodec": ",".join(VIDEO_CODECS), "audiocodec": ",".join(AUDIO_CODECS),
+                    "notify_joining": False,
                     "fir_freq": 10, "bitrate": 0})
             except JanusError as exc:
                 if exc.code != 427:  # 427: the room exists (another node made it)
@@ -772,7 +774,9 @@ class SfuService(HubObserver):
         for pc_candidate in peer.trickles["publish"]:
             await conn.trickle(peer.pub, pc_candidate)
         peer.trickles["publish"].clear()
-        # Tracks: the m-sections Janus receives on (its answer says recvonly).
+        # Tracks: the m-sections Janus receives on (its answer says recvonly), with
+        # the codec Janus chose for each (rtchub.sfu.codecs).
+        codecs = negotiated(data.get("streams"))
         videos = 0
         current: set[str] = set()
         for sec in sdp_sections(answer["sdp"]):
@@ -789,6 +793,8 @@ class SfuService(HubObserver):
                 peer.published[mid] = {"trackId": "t-" + secrets.token_hex(8), "u": peer.user_id,
                                        "f": peer.feed, "m": mid, "k": kind, "s": source, "x": False,
                                        "n": self.hub.node_id, "sid": peer.session.id}
+            if mid in codecs:
+                peer.published[mid]["c"] = codecs[mid]
         removed = [peer.published.pop(mid) for mid in list(peer.published) if mid not in current]
         self.hub.send_msg(peer.session, {
             "type": "publish-answer", "roomId": peer.room_id, "sdp": answer["sdp"],
@@ -1143,10 +1149,18 @@ class SfuService(HubObserver):
         await self._videoroom(room_id, {"request": "enable_recording", "record": False})
 
     async def feeds(self, room_id: str) -> dict[str, dict[str, Any]]:
-        """Publishers of a room: feed -> {user, tracks: {mid: kind}}, from its track directory."""
+        """Publishers of a room, from its track directory.
+
+        feed -> ``{user, tracks: {mid: kind}, codecs: {mid: codec}}``; the codec is
+        what Janus negotiated with the publisher (absent for a track announced by a
+        node that predates codecs).
+        """
         out: dict[str, dict[str, Any]] = {}
         for t in (await self.shared.tracks(room_id)).values():
-            out.setdefault(t["f"], {"user": t["u"], "tracks": {}})["tracks"][t["m"]] = t["k"]
+            feed = out.setdefault(t["f"], {"user": t["u"], "tracks": {}, "codecs": {}})
+            feed["tracks"][t["m"]] = t["k"]
+            if t.get("c"):
+                feed["codecs"][t["m"]] = t["c"]
         return out
 
     async def rtp_forward(self, room_id: str, feed: str, streams: list[dict[str, Any]],

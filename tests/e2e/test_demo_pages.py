@@ -9,6 +9,7 @@ viewport go to artifacts/screenshots/ (gitignored) for a human to look at.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.conftest import ARTIFACTS
 from tests.e2e.conftest import NETWORK_ERROR
@@ -94,6 +96,38 @@ async def shot(page: Page, name: str) -> Path:
 
 async def wait_online(page: Page) -> None:
     await page.wait_for_selector('#status[data-state="connected"]', timeout=15000)
+
+
+async def wait_members(app: Any, room_id: str, names: list[str], within_s: float = 15.0) -> None:
+    """Until the server's room ``room_id`` holds exactly the members called ``names``."""
+    deadline = asyncio.get_running_loop().time() + within_s
+
+    def now() -> list[str]:
+        room = app.hub.rooms.get(room_id)
+        return sorted(m.display_name for m in room.members.values()) if room else []
+
+    while now() != sorted(names):
+        assert asyncio.get_running_loop().time() < deadline, f"{room_id} holds {now()}, not {names}"
+        await asyncio.sleep(0.05)
+
+
+async def retry_until_online(page: Page, within_s: float = 30.0) -> None:
+    """Click "Retry now" (as a user would) until the page is back online.
+
+    While a server is down the SDK's backoff doubles with full jitter up to
+    30 s, so after a restart the page's next attempt may still be far away;
+    the banner's button starts one at once. An attempt already under way when
+    the server came back may fail and schedule another wait, hence the loop.
+    """
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        await page.evaluate("document.querySelector('[data-action=retry]')?.click()")
+        try:
+            await page.wait_for_selector('#status[data-state="connected"]', timeout=2000)
+            return
+        except PlaywrightTimeoutError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
 
 
 # ---------------------------------------------------------------- landing
@@ -241,15 +275,18 @@ async def test_server_down_shows_reconnect_countdown_then_recovers(
     await shot(ana, "chat-reconnecting-laptop")
 
     assert await banner.locator('[data-action="retry"]').count() == 1
-    await make_e2e_server(port=port)
+    app2 = await make_e2e_server(port=port)
     # The backoff may have grown past the wait below while the server was
     # down (full jitter, doubling): "Retry now" tries at once; Ben's page
     # has no one clicking and reconnects on its own schedule (cap 30 s).
     # (clicked in the page: if Ana's own timer got there first, the banner is gone)
-    await ana.evaluate("document.querySelector('[data-action=retry]')?.click()")
-    await wait_online(ana)
+    await retry_until_online(ana)
     await ben.wait_for_selector('#status[data-state="connected"]', timeout=35000)
     await banner.wait_for(state="detached", timeout=15000)
+    # "connected" comes with the new session's welcome; the page rejoins the
+    # room right after. A chat sent before Ben is back in the room is not his
+    # to get (rooms keep no history), so wait until the server has both.
+    await wait_members(app2, "resilient", ["Ana", "Ben"])
     await send_chat(ana, "still here after the restart")
     await ben.wait_for_selector('.msg:has-text("still here after the restart")', timeout=15000)
     # While the server was down the browser itself logs the refused
@@ -438,7 +475,7 @@ async def test_call_page_survives_a_server_restart(make_e2e_server: Any, pages: 
     await ana.wait_for_selector('[data-banner="connection"]:has-text("Reconnecting")', timeout=15000)
     await make_e2e_server(port=port)
     for page in (ana, ben):
-        await wait_online(page)
+        await retry_until_online(page)
         await page.wait_for_selector('[data-banner="connection"]', state="detached", timeout=15000)
     # The SDK rebuilt the peer connection: media flows again, chat works again.
     await remote_videos_playing(ana, 1)

@@ -96,6 +96,10 @@ async def test_browser_publishes_simulcast_and_bot_counts_frames(make_e2e_server
             "async () => (await T.outboundVideo()).filter((e) => e.rid).length === 3", timeout=15000)
         rids = sorted(e["rid"] for e in await page.evaluate("T.outboundVideo()"))
         assert rids == ["h", "l", "m"]
+        # Rooms take VP8 and H.264, VP8 first: Chromium offers both and gets VP8.
+        (feed,) = (await app.sfu.feeds("camroom")).values()
+        assert feed["codecs"] == {mid: "vp8" if kind == "video" else "opus"
+                                  for mid, kind in feed["tracks"].items()}, feed
         # Mute is announced: the bot sees the camera track muted, then unmuted.
         await page.evaluate("T.call.setCameraEnabled(false)")
         await asyncio.wait_for(_until(lambda: any(

@@ -33,7 +33,8 @@ async def test_whip_publisher_appears_in_the_room_and_delete_removes_it(make_ser
     aborts before it sends anything on these machines: it links libsoup 2,
     and webrtcbin's libnice pulls in libsoup 3 through gupnp-igd ("libsoup2
     symbols detected. Using libsoup2 and libsoup3 in the same process is not
-    supported"). So the outside client here is aiortc, speaking plain WHIP.
+    supported"). So the outside client here is aiortc, speaking plain WHIP; a
+    GStreamer publisher (webrtcbin + libnice) is in tests/e2e/test_whip_gstreamer.py.
     """
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
@@ -78,7 +79,7 @@ async def test_whip_publisher_appears_in_the_room_and_delete_removes_it(make_ser
                 assert r.status == 204
             async with http.patch(app.url + location, data=frag, headers={
                     **auth, "Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*"}) as r:
-                assert r.status == 501  # ICE restart: not offered, said so
+                assert r.status == 422  # ICE restart: trickle yes, restart no (RFC 9725 4.3.2)
             async with http.delete(app.url + location) as r:
                 assert r.status == 401  # the resource needs the session's token
             async with http.delete(app.url + location, headers=auth) as r:

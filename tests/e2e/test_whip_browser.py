@@ -1,6 +1,7 @@
 """WHIP (issue 18) seen from the call: a Chromium member of the room gets the WHIP stream's tile
 with advancing frames, and loses it after DELETE. Real Janus; the WHIP publisher is aiortc
-(Debian 12's whip-client aborts here, see tests/e2e/test_whip.py)."""
+(Debian 12's whip-client aborts here, see tests/e2e/test_whip.py; the GStreamer publisher is in
+tests/e2e/test_whip_gstreamer.py)."""
 
 from __future__ import annotations
 
