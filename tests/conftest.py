@@ -27,8 +27,14 @@ ARTIFACTS = ROOT / "artifacts"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free on every local address (the wildcard bind checks them all).
+
+    Binding 127.0.0.1 alone would only say loopback is free; a server started
+    with ``--host 0.0.0.0`` also collides with sockets on the namespace's veth
+    addresses (browsers and Janus hold many there during the suite).
+    """
     with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))
         return s.getsockname()[1]
 
 
@@ -127,7 +133,8 @@ class ServerProcess:
             if self.fixed_port or "address already in use" not in out.lower():
                 raise RuntimeError(f"rtchub serve exited with {self.proc.returncode}:\n{out[-3000:]}")
             self.port = free_port()
-        raise RuntimeError("rtchub serve found no free port in 3 attempts")
+        raise RuntimeError("rtchub serve found no free port in 3 attempts; its last output:\n"
+                           + self.output()[-3000:])
 
     @property
     def url(self) -> str:
