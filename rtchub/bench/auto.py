@@ -40,9 +40,11 @@ SMALL = "640x360"
 WINDOW = 8.0
 P2P_AFTER = 2.0
 
+#: The longest stretch without a new frame on each tile playing before a move,
+#: and when the tile's element was swapped (shared with tests/e2e/test_auto_call.py).
 SAMPLER = """() => {
-  const g = window.__gap = { per: {} };
-  const watched = [...rtchubDemo.tiles.keys()];
+  const g = window.__gap = { per: {}, since: performance.now() };
+  const watched = [...rtchubDemo.tiles.keys()];  // tiles playing before the move
   window.__gapTimer = setInterval(() => {
     const now = performance.now();
     for (const id of watched) {
@@ -50,17 +52,30 @@ SAMPLER = """() => {
       if (!tile) continue;
       const v = tile.video;
       const n = v.getVideoPlaybackQuality().totalVideoFrames;
-      const p = g.per[id] || (g.per[id] = { el: v, n, last: now, max: 0, swap: null });
-      if (p.el !== v) p.swap = now - p.last;
-      if (p.el !== v ? n > 0 : n > p.n) { p.max = Math.max(p.max, now - p.last); p.last = now; }
+      const p = g.per[id] || (g.per[id] = { el: v, n, last: now, max: 0, advances: 0 });
+      if (p.el !== v) { p.swapAt = Math.round(now - g.since); p.gapAtSwap = Math.round(now - p.last); }
+      if (p.el !== v ? n > 0 : n > p.n) {
+        if (now - p.last > p.max) { p.max = now - p.last; p.maxEndAt = Math.round(now - g.since); }
+        p.last = now;
+        p.advances += 1;
+      }
       p.el = v;
       p.n = n;
     }
   }, 100);
 }"""
-STOP = """() => { clearInterval(window.__gapTimer); const now = performance.now();
-  return Object.entries(window.__gap.per).filter(([id]) => rtchubDemo.tiles.has(id))
-    .map(([, p]) => [Math.max(p.max, now - p.last), p.swap]); }"""
+
+STOP_SAMPLER = """() => {
+  clearInterval(window.__gapTimer);
+  const now = performance.now();
+  const out = { sampledMs: Math.round(now - window.__gap.since) };
+  for (const [id, p] of Object.entries(window.__gap.per)) {
+    if (!rtchubDemo.tiles.has(id)) continue;  // the member who left
+    out[id] = { maxGapMs: Math.round(Math.max(p.max, now - p.last)), advances: p.advances,
+                gapEndedAtMs: p.maxEndAt, swappedAtMs: p.swapAt, gapAtSwapMs: p.gapAtSwap };
+  }
+  return out;
+}"""
 SETTLED = """([route, n]) => { const a = rtchubDemo; const c = a.call;
   if (!c || a.route !== route || a.tiles.size !== n) return false;
   const last = c.switches[c.switches.length - 1];
@@ -79,6 +94,12 @@ class Server(netns.SfuServer):
 
     def __init__(self) -> None:
         super().__init__("--auto-p2p-after", str(P2P_AFTER))
+
+
+def _gaps(sampled: dict[str, Any]) -> list[tuple[float, float | None]]:
+    """(longest gap, gap when the element was swapped) per tile, from STOP_SAMPLER."""
+    return [(tile["maxGapMs"], tile.get("gapAtSwapMs")) for key, tile in sampled.items()
+            if key != "sampledMs"]
 
 
 async def _page(browser: Any, url: str) -> Any:
@@ -106,7 +127,7 @@ async def _moves(browser: Any, base: str, rounds: int) -> dict[str, list[float]]
         for p in (a, b, c):
             await p.wait_for_function(SETTLED, arg=["sfu", 2], timeout=60000)
         for p in (a, b):
-            for gap, swap in await p.evaluate(STOP):
+            for gap, swap in _gaps(await p.evaluate(STOP_SAMPLER)):
                 up.append(gap)
                 swaps_up.append(swap)
             await p.evaluate(SAMPLER)
@@ -114,7 +135,7 @@ async def _moves(browser: Any, base: str, rounds: int) -> dict[str, list[float]]
         for p in (a, b):
             await p.wait_for_function(SETTLED, arg=["p2p", 1], timeout=60000)
         for p in (a, b):
-            for gap, swap in await p.evaluate(STOP):
+            for gap, swap in _gaps(await p.evaluate(STOP_SAMPLER)):
                 down.append(gap)
                 swaps_down.append(swap)
         for p in (a, b):

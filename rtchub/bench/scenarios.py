@@ -153,6 +153,13 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
     return raw
 
 
+def put_rtchub(rows: dict[tuple[str, str], Metric], scenario: str, name: str, unit: str,
+               value: float | None) -> None:
+    """One row of a scenario that measures rtchub alone (lower is better)."""
+    metric = rows.setdefault((scenario, name), Metric(scenario, name, unit, False))
+    metric.values["rtchub"] = value
+
+
 def sfu_rows(plan: Plan, rows: dict[tuple[str, str], Metric]) -> dict[str, Any]:
     """The SFU scenario's numbers as rows of the rtchub column (rtchub.bench.sfu)."""
     from rtchub.bench.sfu import run_in_namespace
@@ -160,8 +167,7 @@ def sfu_rows(plan: Plan, rows: dict[tuple[str, str], Metric]) -> dict[str, Any]:
     r = run_in_namespace(plan.quick)
 
     def put(name: str, unit: str, value: float | None) -> None:
-        metric = rows.setdefault(("sfu", name), Metric("sfu", name, unit, False))
-        metric.values["rtchub"] = value
+        put_rtchub(rows, "sfu", name, unit, value)
 
     put("join → first remote frame p50, mesh (2 parties)", "ms", r["mesh_first_frame_ms"]["p50"])
     put("join → first remote frame p99, mesh (2 parties)", "ms", r["mesh_first_frame_ms"]["p99"])
@@ -179,8 +185,7 @@ def auto_rows(plan: Plan, rows: dict[tuple[str, str], Metric]) -> dict[str, Any]
     r = run_in_namespace(plan.quick)
 
     def put(name: str, unit: str, value: float | None) -> None:
-        metric = rows.setdefault(("auto", name), Metric("auto", name, unit, False))
-        metric.values["rtchub"] = value
+        put_rtchub(rows, "auto", name, unit, value)
 
     put("longest video gap, p2p → SFU move", "ms", r["gap_p2p_to_sfu_ms"]["max"])
     put("longest video gap, SFU → p2p move", "ms", r["gap_sfu_to_p2p_ms"]["max"])
@@ -198,8 +203,7 @@ def stage_rows(plan: Plan, rows: dict[tuple[str, str], Metric]) -> dict[str, Any
     profile = profile_relay(relay_config(plan))
 
     def put(name: str, value: float | None, unit: str = "µs") -> None:
-        metric = rows.setdefault(("stages", name), Metric("stages", name, unit, False))
-        metric.values["rtchub"] = value
+        put_rtchub(rows, "stages", name, unit, value)
 
     put("server CPU per msg (all stages, /proc)", profile.cpu_us_per_msg)
     split = profile.us_per_msg()
@@ -372,8 +376,7 @@ def run_abuse(plan: Plan, rows: dict[tuple[str, str], Metric],
     def put(label: str, numbers: dict[str, Any]) -> None:
         key = f"abuse ({label})"
         for name, field in (("probe p50", "p50_ms"), ("probe p99", "p99_ms"), ("probe max", "max_ms")):
-            metric = rows.setdefault((key, name), Metric(key, name, "ms", False))
-            metric.values["rtchub"] = numbers.get(field)
+            put_rtchub(rows, key, name, "ms", numbers.get(field))
 
     async def measure(name: str | None) -> dict[str, Any]:
         if name is None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Page
 
+from rtchub.bench.auto import SAMPLER, STOP_SAMPLER
 from rtchub.sfu.janus import JanusError
 from rtchub.sfu.service import VIDEOROOM
 from tests.conftest import Servers
@@ -26,42 +27,6 @@ from tests.e2e.conftest import PageWatch, in_private_network
 from tests.e2e.test_sfu_browser import sfu
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
-
-SAMPLER = """() => {
-  const g = window.__gap = { per: {}, since: performance.now() };
-  const watched = [...rtchubDemo.tiles.keys()];  // tiles playing before the move
-  window.__gapTimer = setInterval(() => {
-    const now = performance.now();
-    for (const id of watched) {
-      const tile = rtchubDemo.tiles.get(id);
-      if (!tile) continue;
-      const v = tile.video;
-      const n = v.getVideoPlaybackQuality().totalVideoFrames;
-      const p = g.per[id] || (g.per[id] = { el: v, n, last: now, max: 0, advances: 0 });
-      if (p.el !== v) { p.swapAt = Math.round(now - g.since); p.gapAtSwap = Math.round(now - p.last); }
-      if (p.el !== v ? n > 0 : n > p.n) {
-        if (now - p.last > p.max) { p.max = now - p.last; p.maxEndAt = Math.round(now - g.since); }
-        p.last = now;
-        p.advances += 1;
-      }
-      p.el = v;
-      p.n = n;
-    }
-  }, 100);
-}"""
-
-STOP_SAMPLER = """() => {
-  clearInterval(window.__gapTimer);
-  const now = performance.now();
-  const out = { sampledMs: Math.round(now - window.__gap.since) };
-  for (const [id, p] of Object.entries(window.__gap.per)) {
-    if (!rtchubDemo.tiles.has(id)) continue;  // the member who left
-    out[id] = { maxGapMs: Math.round(Math.max(p.max, now - p.last)), advances: p.advances,
-                gapEndedAtMs: p.maxEndAt, swappedAtMs: p.swapAt, gapAtSwapMs: p.gapAtSwap };
-  }
-  return out;
-}"""
-
 
 async def demo(open_page: PageWatch, app: Servers, room: str, name: str) -> Page:
     page = await open_page(f"{app.url}/call.html?room={room}&name={name}", harness=None, name=name)

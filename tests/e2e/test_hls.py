@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,27 +21,13 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser
 
+from rtchub.media.broadcast import free_udp_port
 from rtchub.media.hls import HlsBroadcast, RtpInput
-from tests.conftest import ARTIFACTS, free_port
+from tests.conftest import ARTIFACTS
 from tests.e2e.conftest import require_private_network
 from tests.media_probe import FFMPEG, nearest_colour, probe, region_colours
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
-
-
-def free_udp_pair() -> int:
-    """An even UDP port whose odd neighbour (RTCP) is also free."""
-    for _ in range(50):
-        port = free_port(socket.SOCK_DGRAM) & ~1
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
-                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free UDP port pair")
 
 
 def sender(colour: str, tone: float, video_port: int, audio_port: int) -> subprocess.Popen[bytes]:
@@ -82,7 +67,7 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
     root = tmp_path_factory.mktemp("broadcast")
     app = create_app(host="127.0.0.1", port=0, stun_port=0, broadcast_dir=str(root))
     await app.start()
-    ports = [(free_udp_pair(), free_udp_pair()) for _ in range(2)]
+    ports = [(free_udp_port(), free_udp_port()) for _ in range(2)]
     inputs = [RtpInput(name, audio_port=a, video_port=v)
               for name, (v, a) in zip(("red", "blue"), ports, strict=True)]
     broadcast = HlsBroadcast("stage", root / "stage", inputs, width=640, height=360)
@@ -174,7 +159,7 @@ async def test_watch_page_plays_and_shows_the_delay(live: Live, browser: Browser
 
 async def test_a_dying_ffmpeg_ends_the_broadcast_in_failed_with_a_reason(tmp_path: Path) -> None:
     ended: list[HlsBroadcast] = []
-    b = HlsBroadcast("doomed", tmp_path / "doomed", [RtpInput("x", video_port=free_udp_pair())],
+    b = HlsBroadcast("doomed", tmp_path / "doomed", [RtpInput("x", video_port=free_udp_port())],
                      width=320, height=180, on_end=ended.append)
     await b.start()
     assert b.proc is not None
@@ -191,7 +176,7 @@ async def test_a_dying_ffmpeg_ends_the_broadcast_in_failed_with_a_reason(tmp_pat
 
 async def test_new_publishers_restart_the_grid_and_the_playlist_continues(tmp_path: Path) -> None:
     """A second publisher arrives: a new graph (two tiles), same playlist, a discontinuity; stop ends it."""
-    ports = [(free_udp_pair(), free_udp_pair()) for _ in range(2)]
+    ports = [(free_udp_port(), free_udp_port()) for _ in range(2)]
     red = RtpInput("red", audio_port=ports[0][1], video_port=ports[0][0])
     blue = RtpInput("blue", audio_port=ports[1][1], video_port=ports[1][0])
     b = HlsBroadcast("grow", tmp_path / "grow", [red], width=320, height=180)
