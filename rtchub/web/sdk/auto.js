@@ -22,6 +22,7 @@
 // route-complete {route, ms}, active-speaker {userId, level}, error.
 
 import { Emitter } from './emitter.js';
+import { onRoom, quiet } from './roomcall.js';
 import { Call } from './call.js';
 import { SfuCall } from './sfu.js';
 import { RtcHubError } from './hub.js';
@@ -36,9 +37,6 @@ const LAYER_POLL_MS = 1000;
 const LAYER_WIDTH = { l: 320, m: 640, h: 1280 };
 const ORDER = ['off', 'l', 'm', 'h'];
 
-function quiet(p) {
-  if (p && typeof p.catch === 'function') p.catch(() => {});
-}
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export function layerForWidth(px) {
@@ -80,15 +78,7 @@ export class AutoCall extends Emitter {
   async start() {
     if (this.started) return this;
     this.started = true;
-    const on = (type, fn) => {
-      const h = (msg) => {
-        if (this.ended) return;
-        if (msg && msg.roomId !== undefined && msg.roomId !== this.roomId) return;
-        fn.call(this, msg);
-      };
-      this.hub.on(type, h);
-      this._subs.push([type, h]);
-    };
+    const on = (type, fn) => onRoom(this, type, fn);
     on('room-info', this._onRoomInfo);
     on('user-joined', (m) => {
       if (m.userId === this.hub.userId) return;

@@ -8,6 +8,7 @@
 // is derived from the two userIds (the larger one is polite).
 
 import { Emitter } from './emitter.js';
+import { onRoom, quiet } from './roomcall.js';
 import { RtcHubError } from './hub.js';
 
 const CHUNK = 16 * 1024; // fits every browser's SCTP message limit
@@ -30,11 +31,6 @@ function randomId() {
   return hex(a.buffer);
 }
 
-function quiet(p) {
-  // Signaling sends fail harmlessly when the peer just left (peer-not-found)
-  // or the session was replaced; the peer's teardown covers it.
-  if (p && typeof p.catch === 'function') p.catch(() => {});
-}
 
 export class Call extends Emitter {
   constructor(hub, roomId, opts = {}) {
@@ -71,15 +67,7 @@ export class Call extends Emitter {
     if (this.started) return this;
     this.started = true;
     this._iceServers = this._iceServersOpt || await this.hub.iceServers();
-    const sub = (type, fn) => {
-      const h = (msg) => {
-        if (this.ended) return;
-        if (msg && msg.roomId !== undefined && msg.roomId !== this.roomId) return;
-        fn.call(this, msg);
-      };
-      this.hub.on(type, h);
-      this._subs.push([type, h]);
-    };
+    const sub = (type, fn) => onRoom(this, type, fn);
     sub('room-info', this._onRoomInfo);
     sub('user-joined', this._onUserJoined);
     sub('user-left', this._onUserLeft);

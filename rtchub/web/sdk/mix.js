@@ -10,6 +10,7 @@
 // (the connection's iceConnectionState).
 
 import { Emitter } from './emitter.js';
+import { onRoom } from './roomcall.js';
 import { RtcHubError } from './hub.js';
 
 export class AudioMixCall extends Emitter {
@@ -31,14 +32,7 @@ export class AudioMixCall extends Emitter {
 
   async start() {
     const iceServers = this._iceServersOpt || await this.hub.iceServers();
-    const on = (type, fn) => {
-      const h = (msg) => {
-        if (this.ended || (msg && msg.roomId !== undefined && msg.roomId !== this.roomId)) return;
-        fn.call(this, msg);
-      };
-      this.hub.on(type, h);
-      this._subs.push([type, h]);
-    };
+    const on = (type, fn) => onRoom(this, type, fn);
     on('user-joined', (m) => this.emit('peer-joined', { userId: m.userId, displayName: m.displayName }));
     on('user-left', (m) => this.emit('peer-left', { userId: m.userId, reason: m.reason }));
     on('mix-answer', (m) => { if (this._answer) this._answer(m); });

@@ -18,6 +18,7 @@
 // room `message` through the server (the hub's `message` event).
 
 import { Emitter } from './emitter.js';
+import { onRoom, quiet } from './roomcall.js';
 import { RtcHubError } from './hub.js';
 
 export const SIMULCAST = [
@@ -26,9 +27,6 @@ export const SIMULCAST = [
   { rid: 'l', maxBitrate: 100_000, scaleResolutionDownBy: 4 },
 ];
 
-function quiet(p) {
-  if (p && typeof p.catch === 'function') p.catch(() => {});
-}
 
 export class SfuCall extends Emitter {
   constructor(hub, roomId, opts = {}) {
@@ -75,15 +73,7 @@ export class SfuCall extends Emitter {
     if (this.started) return this;
     this.started = true;
     this._iceServers = this._iceServersOpt || await this.hub.iceServers();
-    const on = (type, fn) => {
-      const h = (msg) => {
-        if (this.ended) return;
-        if (msg && msg.roomId !== undefined && msg.roomId !== this.roomId) return;
-        fn.call(this, msg);
-      };
-      this.hub.on(type, h);
-      this._subs.push([type, h]);
-    };
+    const on = (type, fn) => onRoom(this, type, fn);
     on('room-info', this._onRoomInfo);
     on('user-joined', (m) => { this._members.add(m.userId); this.emit('peer-joined', { userId: m.userId, displayName: m.displayName }); });
     on('user-left', (m) => this._peerGone(m.userId, m.reason));
