@@ -49,6 +49,13 @@ class JanusGone(Exception):
     """The connection to Janus is lost (or never came up)."""
 
 
+def _raise_janus_error(answer: dict[str, Any]) -> None:
+    """Janus answers a failed request with ``{"janus": "error", "error": {code, reason}}``."""
+    if answer.get("janus") == "error":
+        err = answer.get("error") or {}
+        raise JanusError(int(err.get("code", 0)), str(err.get("reason", "")))
+
+
 class JanusConnection:
     """One WebSocket and one Janus session on one Janus server."""
 
@@ -146,9 +153,7 @@ class JanusConnection:
             raise JanusGone(f"Janus did not answer {body.get('janus')} in {timeout}s") from exc
         finally:
             self._pending.pop(tx, None)
-        if answer.get("janus") == "error":
-            err = answer.get("error") or {}
-            raise JanusError(int(err.get("code", 0)), str(err.get("reason", "")))
+        _raise_janus_error(answer)
         return answer
 
     async def attach(self, plugin: str, listener: EventListener | None = None) -> int:
@@ -191,9 +196,7 @@ class JanusConnection:
             raise JanusGone(f"Janus did not answer {body.get('request')} in {timeout}s") from exc
         finally:
             self._events.pop(tx, None)
-        if answer.get("janus") == "error":
-            err = answer.get("error") or {}
-            raise JanusError(int(err.get("code", 0)), str(err.get("reason", "")))
+        _raise_janus_error(answer)
         data = (answer.get("plugindata") or {}).get("data") or {}
         if "error_code" in data:
             raise JanusError(int(data["error_code"]), str(data.get("error", "")))
