@@ -198,3 +198,11 @@ def test_stage_profile_of_a_small_relay_adds_up() -> None:
     split = profile.us_per_msg()
     assert any(stage.startswith("route") for stage in split), split
     assert abs(sum(split.values()) - profile.cpu_us_per_msg) < 1e-6 * max(1.0, profile.cpu_us_per_msg)
+
+
+def test_steal_ticks_reads_the_cpu_line_of_proc_stat() -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice (proc(5))
+    line = "cpu  100 5 50 800 10 1 4 30 7 0\n"
+    assert runner.steal_ticks(line) == (30, 1000)  # guest time is inside user: not added twice
+    steal, total = runner.steal_ticks()  # this machine's, whatever it is
+    assert 0 <= steal <= total and total > 0

@@ -215,7 +215,7 @@ async def test_take_over_adopts_the_session_from_the_mirror_when_its_node_is_gon
     assert await cluster.take_over("old", 1) is None  # no refusal
     s = hub.sessions["old"]
     assert s.seq == 2
-    assert [n for n, _ in s.buffer] == [1, 2] and 7 in s.seen_ids
+    assert [n for n, _ in s.buffered()] == [1, 2] and 7 in s.seen_ids
     room = hub.rooms["r"]
     assert room.members["alice"].session is s and room.members["bob"].session.node == "other"
     # The members' nodes hear that the seat moved here; the dead node is asked for nothing.

@@ -124,7 +124,7 @@ def test_adopt_bounds_the_buffer_and_remembers_acknowledged_ids() -> None:
         (n, b'{"type":"message","data":%d}' % n) for n in range(2, 6)]
     s = hub.adopt("old", user_id="alice", user_fixed=True, display_name="Alice", claims=None,
                   seq=5, buffer=buffer)
-    assert [n for n, _ in s.buffer] == [3, 4, 5] and "m1" in s.seen_ids
+    assert [n for n, _ in s.buffered()] == [3, 4, 5] and "m1" in s.seen_ids
     assert "old" not in hub.sessions and s.connected is False
     hub.seat_remote("r", "bob", "sb", "other", "Bob", create=True)
     assert hub.seat_adopted(s, "r")

@@ -71,6 +71,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def steal_ticks(stat: str | None = None) -> tuple[int, int]:
+    """(steal, total) clock ticks of the whole machine, from the ``cpu`` line of /proc/stat.
+
+    Steal is time a virtual machine's CPUs were runnable but the hypervisor
+    ran something else (proc(5)). On a shared VM it comes in bursts of
+    milliseconds that stall client and server alike, so it is reported beside
+    the latency rows: a p99 measured during heavy steal says more about the
+    host than about the server.
+    """
+    if stat is None:
+        with open("/proc/stat") as f:
+            stat = f.readline()
+    fields = [int(x) for x in stat.split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice: guest time
+    # is already counted in user and nice, so the total stops at steal.
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -246,6 +264,8 @@ class ClientRun:
     server_cpu_parts: list[float] | None = None
     rss_before: int | None = None
     rss_after: int | None = None
+    #: Share of the machine's CPU time stolen by the hypervisor inside the window.
+    steal: float | None = None
 
 
 def run_client(server: Server, config: dict[str, Any], *, timeout: float = 240.0,
@@ -266,6 +286,7 @@ def run_client(server: Server, config: dict[str, Any], *, timeout: float = 240.0
     deadline = time.monotonic() + timeout + 10
     cpu0 = None
     parts0: dict[int, float] = {}
+    steal0 = (0, 0)
     try:
         while True:
             left = deadline - time.monotonic()
@@ -284,10 +305,14 @@ def run_client(server: Server, config: dict[str, Any], *, timeout: float = 240.0
             if line == "EVENT measure-start":
                 parts0 = server.cpu_parts()
                 cpu0 = sum(parts0.values())
+                steal0 = steal_ticks()
             elif line == "EVENT measure-end" and cpu0 is not None:
                 parts1 = server.cpu_parts()
                 run.server_cpu = sum(parts1.values()) - cpu0
                 run.server_cpu_parts = [parts1[p] - parts0[p] for p in server.pids()]
+                steal1 = steal_ticks()
+                if steal1[1] > steal0[1]:
+                    run.steal = (steal1[0] - steal0[0]) / (steal1[1] - steal0[1])
             elif line == "EVENT ready":
                 time.sleep(settle)
                 run.rss_after = server.rss()

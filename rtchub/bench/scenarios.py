@@ -79,7 +79,7 @@ def scenario_configs(plan: Plan) -> dict[str, list[tuple[str, dict[str, Any], di
     return {
         "relay": [("", relay_config(plan), {})],
         "relay-rate": [("", {"mode": "relay-rate", "connections": 400, "roomSize": 2, "msgSize": 350,
-                             "rate": 5000, "warmup": plan.t(1.5, 0.5), "duration": plan.t(5, 2)}, {})],
+                             "rate": 5000, "warmup": plan.t(1.5, 0.5), "duration": plan.t(10, 2)}, {})],
         "join-storm": [("", {"mode": "join-storm", "connections": int(plan.t(6000, 2000)),
                              "roomSize": 4, "concurrency": 200}, {})],
         "idle": [("compression off", {"mode": "idle", "connections": int(plan.t(10000, 2000)),
@@ -114,6 +114,11 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
             metric.notes[server] = note
         raw[name] = value
 
+    def put_steal() -> None:
+        # The host, not the server: how much CPU the hypervisor took during this run.
+        put("hypervisor steal (machine)", "% of CPU time", False,
+            None if run.steal is None else run.steal * 100)
+
     if scenario in ("relay", "cross-node", "fanout", "asgi"):
         rate = r.get("msgsPerSec") if scenario != "fanout" else r.get("deliveriesPerSec")
         delivered = r.get("delivered") or 0
@@ -136,10 +141,12 @@ def metrics_for(scenario: str, variant: str, server: str, run: runner.ClientRun,
         put("max latency", "ms", False, lat["max_ms"])
         cpu_us = (run.server_cpu / r["delivered"] * 1e6) if run.server_cpu and r.get("delivered") else None
         put("server CPU per msg", "µs", False, cpu_us)
+        put_steal()
     elif scenario == "join-storm":
         put("joins/s", "", True, r.get("joinsPerSec"), _client_note(r))
         put("p99 time to room-info", "ms", False, lat["p99_ms"])
         put("client CPU", "% of a core", False, (r.get("clientCpu") or 0) * 100)
+        put_steal()
     elif scenario == "idle":
         n = r.get("connections") or 0
         per = None

@@ -310,7 +310,7 @@ class Cluster(HubObserver):
             if s.node is not me or (not s.seq and not s.rooms):
                 continue
             result.append(("meta", s.id, out.meta(s), ttl))
-            result.append(("buffer", s.id, [b"%d - %s" % (n, body) for n, body in s.buffer], ttl))
+            result.append(("buffer", s.id, [b"%d - %s" % (n, body) for n, body in s.buffered()], ttl))
             out.meta_known.add(s.id)
         if full:
             jv = self.directory.jv

@@ -273,7 +273,7 @@ def reroute(payload: bytes, node: str, owner_of: Callable[[str], str | None],
     Each delivery goes to its session's current owner when that is another
     live node, else into the session's inbox. Control ops are dropped: they
     concern a node that is gone. The Redis engine does the same in Lua
-    (``rtchub.broker.redis._FORWARD``); the memory engine calls this.
+    (``rtchub.broker.redis_lua.FORWARD``); the memory engine calls this.
     """
     for op in decode_batch(payload):
         if not isinstance(op, Deliver):

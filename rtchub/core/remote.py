@@ -211,8 +211,7 @@ class ClusterState:
         s.display_name = display_name
         s.claims = claims
         for n, body in buffer:
-            s.buffer.append((n, body))
-            s.buffer_bytes += len(body)
+            s.keep(n, body)
             if body.startswith(b'{"type":"ack"'):
                 msg = Outgoing.from_json(body).msg
                 if "id" in msg and not msg.get("duplicate"):

@@ -16,7 +16,9 @@ ended session that still has a transport.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from rtchub.core.outgoing import Outgoing
@@ -72,7 +74,7 @@ class IllegalTransition(RuntimeError):
 class Session:
     __slots__ = (
         "id", "user_id", "display_name", "rooms", "sink", "seq", "buffer",
-        "buffer_bytes", "seen_ids", "bucket", "byte_bucket", "strikes",
+        "buffer_first", "buffer_bytes", "seen_ids", "bucket", "byte_bucket", "strikes",
         "join_bucket", "detached_at", "detach_reason", "claims", "node",
         "state", "user_fixed", "created_at", "__weakref__",
     )
@@ -91,8 +93,15 @@ class Session:
         self.sink = sink
         self.state = State.ATTACHED if sink is not None else State.DETACHED
         self.seq = 0
-        #: (seq, encoded JSON body) of every message sent, oldest first, bounded.
-        self.buffer: deque[tuple[int, bytes]] = deque()
+        #: The encoded JSON body of every message sent, oldest first, bounded;
+        #: the first has seq :attr:`buffer_first` and the seqs are consecutive.
+        #: Bare ``bytes``, not ``(seq, body)`` tuples: bytes are not tracked by
+        #: the cyclic GC, a new tuple is until a collection first looks at it.
+        #: With 512 messages per session, relaying at 5,000 msgs/s made a
+        #: young-generation collection of ~50,000 such tuples every ~10 s, one
+        #: 19 ms pause each on this machine (the relay-rate max latency).
+        self.buffer: deque[bytes] = deque()
+        self.buffer_first = 1
         self.buffer_bytes = 0
         self.seen_ids: OrderedDict[Any, None] = OrderedDict()
         self.bucket: TokenBucket | None = None
@@ -144,7 +153,37 @@ class Session:
         return self.state is State.ATTACHED
 
     def first_buffered_seq(self) -> int:
-        return self.buffer[0][0] if self.buffer else self.seq + 1
+        return self.buffer_first if self.buffer else self.seq + 1
+
+    def keep(self, seq: int, body: bytes) -> None:
+        """Buffer message ``seq`` for resume.
+
+        Seqs in the buffer are consecutive, which is what makes a gap in a
+        resume visible (:meth:`first_buffered_seq`): a ``seq`` that does not
+        follow the last one starts the buffer afresh (a hand-over whose
+        mirror lost messages), so a resume from before it is refused rather
+        than replayed with a hole.
+        """
+        buf = self.buffer
+        if seq != self.buffer_first + len(buf):
+            buf.clear()
+            self.buffer_bytes = 0
+            self.buffer_first = seq
+        buf.append(body)
+        self.buffer_bytes += len(body)
+
+    def drop_oldest(self) -> int:
+        """Forget the oldest buffered message; returns its size in bytes."""
+        self.buffer_first += 1
+        size = len(self.buffer.popleft())
+        self.buffer_bytes -= size
+        return size
+
+    def buffered(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
+        """``(seq, body)`` of the buffered messages with ``seq > after``, oldest first."""
+        skip = max(0, after + 1 - self.buffer_first)
+        return zip(itertools.count(self.buffer_first + skip),
+                   itertools.islice(self.buffer, skip, None), strict=False)
 
     def remember_id(self, msg_id: Any) -> None:
         seen = self.seen_ids

@@ -25,7 +25,6 @@ one answers the older with ``[]``, so two readers can never split a stream.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -113,11 +112,7 @@ def _bad(request: web.Request, message: str) -> web.Response:
 
 def _batch(session: Session, after: int) -> list[bytes]:
     """Encoded messages with ``seq > after`` (buffer seqs are consecutive)."""
-    buf = session.buffer
-    if not buf:
-        return []
-    start = max(0, after + 1 - buf[0][0])
-    return [json_frame(seq, body) for seq, body in itertools.islice(buf, start, None)]
+    return [json_frame(seq, body) for seq, body in session.buffered(after)]
 
 
 def _encode(frames: list[bytes], closed: dict[str, Any] | None) -> bytes:
