@@ -17,15 +17,20 @@ batching all of them ~90-100k at 11-12 µs; the flush runs in the next loop
 iteration, microseconds later. Byte order on the wire is unchanged.
 
 Under light load the wait for the end of the turn is the latency, not the
-CPU: at the bench's fixed 5,000 msgs/s a turn held ~3.6 socket reads, so a
-message read first waited for the other reads' processing (~30 µs each)
-before its write, and batching saved nothing (one write per message either
-way). So after every socket read, if the previous turn marked at most
-:data:`LIGHT_TURN` connections, the connections marked so far leave at once
-(:meth:`_Flusher.after_read`). Under load the turns are big (the saturated
-relay: ~140 connections per turn) or fan out (one fanout read marks 199),
-and everything waits for the turn's end as before. Measured: relay-rate p50
-~0.1 ms lower, relay and fanout throughput unchanged (docs/benchmarks.md).
+CPU: at the bench's fixed 5,000 msgs/s a turn held ~3.6 socket reads and
+batching saved nothing (one write per message either way), while the detour
+through this wrapper (queue, mark, a write through uvloop's transport) cost
+~10 µs of server CPU per message: 54 µs with it, 44 µs with picows writing on
+its own, against 22 µs for a bare picows relay (``strace``/``perf`` on the
+relay-rate load, docs/benchmarks.notes.md). So the wrapper measures each
+turn's load (frames asked about plus connections queued); in the turn after
+one that stayed at or under :data:`LIGHT_TURN`, ``get_write_buffer_size``
+answers 0 while nothing is queued here or in uvloop, and picows ``send(2)``s
+the frame itself, at once. Anything that did get queued (a partial send, a
+TLS connection, where picows never asks) leaves after the socket read that
+produced it (:meth:`_Flusher.after_read`). Under load the turns are big (the
+saturated relay: ~140 connections per turn) or fan out (one fanout read
+produces 199 frames), and everything waits for the turn's end as before.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from typing import Any
 
 from picows.picows import WSProtocol
 
-#: A turn that marked at most this many connections was light: in the turn
-#: after it, frames leave after each socket read instead of at the turn's end.
+#: A turn whose load (frames asked about plus connections queued) stayed at or
+#: under this was light: in the turn after it, frames leave at once instead of
+#: at the turn's end.
 LIGHT_TURN = 32
 
 
@@ -51,16 +57,26 @@ class _Flusher:
         self.loop = loop
         self.dirty: list[CoalescingTransport] = []
         self.scheduled = False
-        #: Connections marked in this turn, and in the last turn that marked any.
+        #: Load of this turn, and of the last turn that had any: frames picows
+        #: asked about plus connections queued (a heavy turn counts both, which
+        #: makes it a little harder to fall back to light than to leave it).
         self.marked = 0
         self.last_marked = 0
 
-    def mark(self, tr: CoalescingTransport) -> None:
-        self.dirty.append(tr)
+    def _count(self) -> None:
         self.marked += 1
         if not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self.end_turn)
+
+    def mark(self, tr: CoalescingTransport) -> None:
+        self.dirty.append(tr)
+        self._count()
+
+    def light(self) -> bool:
+        """A frame is about to be sent: count it; may it leave at once?"""
+        self._count()
+        return self.last_marked <= LIGHT_TURN
 
     def after_read(self) -> None:
         """A socket read was handled: under light load, send what it produced now."""
@@ -134,9 +150,23 @@ class CoalescingTransport:
         t.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def get_write_buffer_size(self) -> int:
-        # Never 0: picows then skips its direct send(2) and every frame of
-        # this loop turn goes through write(), to leave in one batch.
-        return self._t.get_write_buffer_size() + self._size + 1
+        """picows asks this before every frame (not on TLS): 0 lets it ``send(2)`` the frame itself.
+
+        0 only in a light turn, with nothing queued here or in uvloop (order
+        on the wire) and the transport not closing: uvloop closes the socket
+        at ``close``/``abort`` when nothing is queued, and picows only learns
+        of it at ``connection_lost``, so a send in between could reach a
+        reused descriptor. Otherwise never 0: the frame comes through
+        :meth:`write`, to leave with the rest of the turn's.
+        """
+        size = self._t.get_write_buffer_size() + self._size
+        if self._flusher.light() and not size and self._pending is None and not self._t.is_closing():
+            return 0
+        return size + 1
+
+    def buffered(self) -> int:
+        """Bytes not yet handed to the kernel: what the slow-reader checks read."""
+        return self._t.get_write_buffer_size() + self._size
 
     # -- closing: queued frames (a close frame last) go out first -------------------
     def close(self) -> None:

@@ -83,7 +83,7 @@ class PicowsEndpoint(WsEndpoint, WSListener):
             ws.send(_BINARY, msgpack_frame(seq, out.msg))
         else:
             ws.send(_TEXT, json_frame(seq, out.json))
-        if ws.underlying_transport.get_write_buffer_size() > self.max_pending:
+        if ws.underlying_transport.buffered() > self.max_pending:
             WsEndpoint.deliver_overflowed(self)
 
     # -- WsEndpoint -----------------------------------------------------------------
@@ -96,7 +96,7 @@ class PicowsEndpoint(WsEndpoint, WSListener):
         ws = self.ws
         if ws is None:
             return 0
-        return ws.underlying_transport.get_write_buffer_size()
+        return ws.underlying_transport.buffered()
 
     def _close_transport(self, code: int, reason: str) -> None:
         ws = self.ws
