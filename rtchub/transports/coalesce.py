@@ -23,9 +23,9 @@ through this wrapper (queue, mark, a write through uvloop's transport) cost
 ~10 µs of server CPU per message: 54 µs with it, 44 µs with picows writing on
 its own, against 22 µs for a bare picows relay (``strace``/``perf`` on the
 relay-rate load, docs/benchmarks.notes.md). So the wrapper measures each
-turn's load (frames asked about plus connections queued); in the turn after
-one that stayed at or under :data:`LIGHT_TURN`, ``get_write_buffer_size``
-answers 0 while nothing is queued here or in uvloop, and picows ``send(2)``s
+turn's load (connections that queued frames plus frames sent at once); in
+the turn after one that stayed at or under :data:`LIGHT_TURN`,
+``get_write_buffer_size`` answers 0 while nothing is queued here or in uvloop, and picows ``send(2)``s
 the frame itself, at once. Anything that did get queued (a partial send, a
 TLS connection, where picows never asks) leaves after the socket read that
 produced it (:meth:`_Flusher.after_read`). Under load the turns are big (the
@@ -42,9 +42,9 @@ from typing import Any
 
 from picows.picows import WSProtocol
 
-#: A turn whose load (frames asked about plus connections queued) stayed at or
-#: under this was light: in the turn after it, frames leave at once instead of
-#: at the turn's end.
+#: A turn whose load (connections that queued frames plus frames sent at
+#: once) stayed at or under this was light: in the turn after it, frames
+#: leave at once instead of at the turn's end.
 LIGHT_TURN = 32
 
 
@@ -57,26 +57,29 @@ class _Flusher:
         self.loop = loop
         self.dirty: list[CoalescingTransport] = []
         self.scheduled = False
-        #: Load of this turn, and of the last turn that had any: frames picows
-        #: asked about plus connections queued (a heavy turn counts both, which
-        #: makes it a little harder to fall back to light than to leave it).
+        #: Load of this turn, and of the last turn that had any: connections
+        #: that queued frames plus frames sent at once.
         self.marked = 0
         self.last_marked = 0
 
-    def _count(self) -> None:
+    def mark(self, tr: CoalescingTransport) -> None:
+        """``tr`` queued its first frame of this turn."""
+        self.dirty.append(tr)
         self.marked += 1
         if not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self.end_turn)
 
-    def mark(self, tr: CoalescingTransport) -> None:
-        self.dirty.append(tr)
-        self._count()
+    def sent_now(self) -> None:
+        """A frame of a light turn left at once: it counts into this turn's load too.
 
-    def light(self) -> bool:
-        """A frame is about to be sent: count it; may it leave at once?"""
-        self._count()
-        return self.last_marked <= LIGHT_TURN
+        (``mark``'s count, without the queueing; kept apart so that a heavy
+        turn pays no extra call per connection.)
+        """
+        self.marked += 1
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.end_turn)
 
     def after_read(self) -> None:
         """A socket read was handled: under light load, send what it produced now."""
@@ -159,8 +162,12 @@ class CoalescingTransport:
         reused descriptor. Otherwise never 0: the frame comes through
         :meth:`write`, to leave with the rest of the turn's.
         """
-        size = self._t.get_write_buffer_size() + self._size
-        if self._flusher.light() and not size and self._pending is None and not self._t.is_closing():
+        if self._pending is not None:  # queued behind this turn's frames: no count, no check
+            return self._t.get_write_buffer_size() + self._size + 1
+        size = self._t.get_write_buffer_size()
+        flusher = self._flusher
+        if not size and flusher.last_marked <= LIGHT_TURN and not self._t.is_closing():
+            flusher.sent_now()
             return 0
         return size + 1
 
