@@ -283,7 +283,7 @@ class CoalescingWSProtocol(WSProtocol):
         return type(cls.__name__, (cls,), {"_flusher": flusher_for(loop)})
 
     def buffer_updated(self, nbytes: int) -> None:
-        super().buffer_updated(nbytes)
+        WSProtocol.buffer_updated(self, nbytes)  # called per socket read: no super() object
         flusher = self._flusher
         if flusher is not None:
             flusher.after_read()
