@@ -258,7 +258,19 @@ class RtcHub:
         return self._runner.server
 
     async def stop(self) -> None:
-        """Graceful shutdown: 1001 to every client, then close within ``shutdown_timeout``."""
+        """Graceful shutdown: stop accepting, 1001 to every client, then close within
+        ``shutdown_timeout``.
+
+        The listening socket closes first. A client told 1001 reconnects at
+        once; while the old order drained connections it was still accepted
+        here, by a server on its way out, and then left on a connection that
+        nothing served any more (the call-page restart test caught a page
+        sitting on one). Refused instead, it backs off and reconnects
+        elsewhere: another worker on the same port (SO_REUSEPORT), another
+        node behind the proxy, or this one once it is back.
+        """
+        if self._server is not None:
+            self._server.close()
         self.hub.shutdown()
         deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout
         while self.liveness.endpoints and asyncio.get_running_loop().time() < deadline:
@@ -270,8 +282,6 @@ class RtcHub:
                 log.exception("stopping %r failed", service)
         await self._ticker.stop()
         await self.liveness.stop()
-        if self._server is not None:
-            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
 

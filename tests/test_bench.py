@@ -77,7 +77,7 @@ def test_tables_and_targets() -> None:
     assert "## Targets (issue 10)" in text and "not run: no broker" in text
 
 
-@pytest.mark.parametrize("kind", ["rtchub", "node-ws", "py-websockets", "rtchub-asgi"])
+@pytest.mark.parametrize("kind", ["rtchub", "node-ws", "py-websockets", "py-picows", "rtchub-asgi"])
 def test_smoke_relay_handful_of_connections(kind: str) -> None:
     """Four connections, half a second: every server relays, nothing errors."""
     runner.raise_nofile(4096)

@@ -8,6 +8,7 @@ import subprocess
 import time
 from typing import Any
 
+import pytest
 import websockets
 
 from tests.conftest import ROOT
@@ -19,6 +20,20 @@ async def _join(url: str, room: str, user: str) -> Any:
     while json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] != "room-info":
         pass
     return ws
+
+
+async def _close_code(reader: asyncio.StreamReader) -> int:
+    """Read server frames (unmasked, RFC 6455 section 5.2) up to a Close; its status code."""
+    while True:
+        opcode, size = await asyncio.wait_for(reader.readexactly(2), 5)
+        size &= 0x7F
+        if size == 126:
+            size = int.from_bytes(await reader.readexactly(2), "big")
+        elif size == 127:
+            size = int.from_bytes(await reader.readexactly(8), "big")
+        payload = await reader.readexactly(size)
+        if opcode & 0x0F == 0x8:
+            return int.from_bytes(payload[:2], "big")
 
 
 async def test_sigterm_closes_clients_with_1001_and_exits(server_process: Any) -> None:
@@ -66,3 +81,23 @@ def test_cli_lists_every_option_with_its_env_var() -> None:
                       ("--log-level", "RTCHUB_LOG_LEVEL"), ("--port", "RTCHUB_PORT"),
                       ("--grace-period", "RTCHUB_GRACE_PERIOD")):
         assert flag in out and env in out
+
+
+async def test_a_stopping_server_refuses_new_connections_while_it_drains(make_server: Any) -> None:
+    """Told 1001, a client reconnects at once: it must be refused (and go elsewhere), not
+    accepted by the server that is draining and then left on a connection nobody serves."""
+    app = await make_server(shutdown_timeout=3.0)
+    # A client that never answers the close frame keeps the drain waiting.
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    stopping = asyncio.get_running_loop().create_task(app.stop())
+    await asyncio.sleep(0.3)
+    assert not stopping.done()  # still draining: the silent client holds it
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", app.port)
+    assert await _close_code(reader) == 1001  # the welcome first, then Close 1001
+    writer.close()
+    await asyncio.wait_for(stopping, 10)

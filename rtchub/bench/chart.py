@@ -48,7 +48,7 @@ PANELS = (
 )
 #: Server labels (plain text: no Markdown backticks in a picture).
 LABELS = {"rtchub": "rtchub", "node-ws": "Node ws relay", "py-websockets": "Python websockets relay",
-          "rtchub-asgi": "rtchub in FastAPI"}
+          "py-picows": "bare picows relay", "rtchub-asgi": "rtchub in FastAPI"}
 HIGHLIGHT = "#4f5bd5"
 #: Other rtchub variants measured in the same run (another stack, an ASGI mount...).
 HIGHLIGHT_SOFT = "#9ba3ea"

@@ -17,6 +17,7 @@ from typing import Any
 
 from rtchub.bench.scenarios import SINGLE_BESIDE_CROSS
 from rtchub.bench.stats import (
+    OPTIONAL_SERVERS,
     SERVERS,
     Metric,
     Target,
@@ -36,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", action="append", choices=SCENARIOS, default=None,
                    help="run only this scenario (repeatable)")
     p.add_argument("--servers", default=",".join(SERVERS),
-                   help=f"comma-separated subset of {','.join(SERVERS)}")
+                   help=f"comma-separated; default {','.join(SERVERS)}, also "
+                        f"{','.join(OPTIONAL_SERVERS)}")
     p.add_argument("--repeats", type=int, default=3, metavar="N",
                    help="alternating runs of relay-rate and join-storm (rtchub, Node, ...) and of "
                         "cross-node (single node, cross-node, ...), judged on the median (default 3)")
@@ -206,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     from rtchub.bench.scenarios import SCENARIOS, Plan, run_all
 
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    bad = [s for s in servers if s not in SERVERS]
+    bad = [s for s in servers if s not in SERVERS + OPTIONAL_SERVERS]
     if bad:
         print(f"unknown server(s): {', '.join(bad)}", file=sys.stderr)
         return 2

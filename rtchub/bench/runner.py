@@ -35,6 +35,7 @@ BENCH_DIR = Path(__file__).resolve().parent.parent.parent / "bench"
 LOADGEN = BENCH_DIR / "node" / "loadgen.js"
 NODE_RELAY = BENCH_DIR / "node" / "relay.js"
 PY_RELAY = BENCH_DIR / "python" / "relay_websockets.py"
+PICOWS_RELAY = BENCH_DIR / "python" / "relay_picows.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOFILE = 65536
 
@@ -230,6 +231,8 @@ def start_server(kind: str, *, compression: bool = False) -> Server:
         return _spawn(kind, [cmd], [port])
     if kind == "py-websockets":
         return _spawn(kind, [[sys.executable, str(PY_RELAY), str(port)]], [port])
+    if kind == "py-picows":
+        return _spawn(kind, [[sys.executable, str(PICOWS_RELAY), str(port)]], [port])
     if kind == "rtchub-asgi":
         # rtchub mounted at /rtc in a FastAPI app under uvicorn (rtchub.bench.asgi_app).
         server = _spawn(kind, [[sys.executable, "-m", "rtchub.bench.asgi_app", str(port)]], [port])

@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SERVERS = ("rtchub", "node-ws", "py-websockets")
+#: Measured only when named in ``--servers``: the bare picows relay, the floor
+#: of a Python server's cost per message (bench/python/relay_picows.py).
+OPTIONAL_SERVERS = ("py-picows",)
 SERVER_TITLES = {"rtchub": "rtchub", "node-ws": "Node `ws` relay",
                  "py-websockets": "Python `websockets` relay",
+                 "py-picows": "bare picows relay",
                  "rtchub-asgi": "rtchub mounted in FastAPI (uvicorn)"}
 #: A load client using this share of its core or more was probably the limit.
 CLIENT_BOUND = 0.90
