@@ -25,12 +25,13 @@ its own, against 22 µs for a bare picows relay (``strace``/``perf`` on the
 relay-rate load, docs/benchmarks.notes.md). So the wrapper measures each
 turn's load (connections that queued frames plus frames sent at once); in
 the turn after one that stayed at or under :data:`LIGHT_TURN`,
-``get_write_buffer_size`` answers 0 while nothing is queued here or in uvloop, and picows ``send(2)``s
-the frame itself, at once. Anything that did get queued (a partial send, a
-TLS connection, where picows never asks) leaves after the socket read that
-produced it (:meth:`_Flusher.after_read`). Under load the turns are big (the
-saturated relay: ~140 connections per turn) or fan out (one fanout read
-produces 199 frames), and everything waits for the turn's end as before.
+``get_write_buffer_size`` answers 0 while nothing is queued here or in
+uvloop, and picows ``send(2)``s the frame itself, at once. Anything that did
+get queued (a partial send, a TLS connection, where picows never asks)
+leaves after the socket read that produced it (:meth:`_Flusher.after_read`).
+Under load the turns are big (the saturated relay: ~140 connections per
+turn) or fan out (one fanout read produces 199 frames), and everything waits
+for the turn's end as before.
 """
 
 from __future__ import annotations
