@@ -52,7 +52,7 @@ LIGHT_TURN = 32
 class _Flusher:
     """The per-loop list of connections with queued frames."""
 
-    __slots__ = ("loop", "dirty", "scheduled", "marked", "last_marked")
+    __slots__ = ("loop", "dirty", "scheduled", "marked", "last_marked", "light")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -62,6 +62,9 @@ class _Flusher:
         #: that queued frames plus frames sent at once.
         self.marked = 0
         self.last_marked = 0
+        #: The last turn's load was at most LIGHT_TURN: frames may leave at
+        #: once. Decided once per turn (:meth:`end_turn`), read per frame.
+        self.light = True
 
     def mark(self, tr: CoalescingTransport) -> None:
         """``tr`` queued its first frame of this turn."""
@@ -84,12 +87,13 @@ class _Flusher:
 
     def after_read(self) -> None:
         """A socket read was handled: under light load, send what it produced now."""
-        if self.dirty and self.last_marked <= LIGHT_TURN:
+        if self.dirty and self.light:
             self.flush()
 
     def end_turn(self) -> None:
         self.scheduled = False
         self.last_marked = self.marked
+        self.light = self.marked <= LIGHT_TURN
         self.marked = 0
         self.flush()
 
@@ -167,7 +171,7 @@ class CoalescingTransport:
             return self._t.get_write_buffer_size() + self._size + 1
         size = self._t.get_write_buffer_size()
         flusher = self._flusher
-        if not size and flusher.last_marked <= LIGHT_TURN and not self._t.is_closing():
+        if not size and flusher.light and not self._t.is_closing():
             flusher.sent_now()
             return 0
         return size + 1
